@@ -1,0 +1,37 @@
+"""Where social_enrich keeps its state, resolved lazily from the environment.
+
+Pure functions, called at run time and never at import time, so tests can point
+them elsewhere with ``monkeypatch.setenv`` alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STATE_DIR_VAR = "SOCIAL_ENRICH_HOME"
+JOBS_DIR_VAR = "SOCIAL_ENRICH_JOBS_DIR"
+DEFAULT_STATE_DIR = ".social_enrich"
+
+BUILTIN_JOBS_DIR = Path(__file__).parent / "jobs"
+
+
+def state_dir() -> Path:
+    """The one folder that holds the embedded catalog, warehouse and Dagster home."""
+    return Path(os.environ.get(STATE_DIR_VAR) or DEFAULT_STATE_DIR).expanduser().resolve()
+
+
+def embedded_catalog_properties() -> dict[str, str]:
+    """pyiceberg properties of the embedded default: a SQL catalog on SQLite."""
+    root = state_dir()
+    return {
+        "type": "sql",
+        "uri": f"sqlite:///{root / 'catalog.db'}",
+        "warehouse": (root / "warehouse").as_uri(),
+    }
+
+
+def jobs_dirs() -> list[Path]:
+    """Folders of job YAML files: the built-in jobs, then any listed in SOCIAL_ENRICH_JOBS_DIR."""
+    extra = [Path(p) for p in os.environ.get(JOBS_DIR_VAR, "").split(os.pathsep) if p]
+    return [BUILTIN_JOBS_DIR, *extra]

@@ -1,0 +1,181 @@
+"""The enrichment target table: its schema, and a write path whose cost does not grow with the table.
+
+Every row carries ``partition_date``, the daily partition that last wrote it, and the table is
+partitioned by it (then by the job's ``partition_by`` transforms of the write time). Writing day D:
+1. find which *other* days currently hold the posts being written (one key column read, pyarrow
+   ``is_in``; no Iceberg ``In`` over the whole table);
+2. in one transaction, delete those posts from those days only and overwrite day D.
+So a post has one row, a re-run replaces rather than adds, and the files rewritten are those of
+the days involved, never the whole table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
+from pyiceberg.types import (
+    BooleanType,
+    DateType,
+    DoubleType,
+    IcebergType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from social_enrich.config import JobConfig
+
+PARTITION_DATE = "partition_date"
+TRANSFORMS = {"year": YearTransform(), "month": MonthTransform(), "day": DayTransform(), "hour": HourTransform()}
+_JSON_TYPES: dict[str, IcebergType] = {
+    "string": StringType(),
+    "number": DoubleType(),
+    "integer": LongType(),
+    "boolean": BooleanType(),
+}
+
+
+class TargetSchemaError(ValueError):
+    """The target table or the rows for it do not match the job's schema."""
+
+
+def bookkeeping_fields(job: JobConfig) -> list[tuple[str, IcebergType]]:
+    """Columns every enrichment target carries besides the index and the response fields."""
+    return [
+        ("model", StringType()),
+        ("prompt_version", StringType()),
+        ("input_hash", StringType()),
+        ("status", StringType()),
+        ("error", StringType()),
+        ("source_update_time", TimestamptzType()),
+        (PARTITION_DATE, DateType()),
+        (job.connector.target.datetime_field, TimestamptzType()),
+    ]
+
+
+def response_fields(model: type[BaseModel]) -> list[tuple[str, IcebergType]]:
+    """A response model's fields as Iceberg columns; anything not a JSON scalar is stored as JSON text."""
+    properties = model.model_json_schema().get("properties", {})
+    fields = []
+    for name, spec in properties.items():
+        kind = spec.get("type") if "enum" not in spec else "string"
+        fields.append((name, _JSON_TYPES.get(kind, StringType())))
+    return fields
+
+
+def target_schema(job: JobConfig, index_type: IcebergType) -> Schema:
+    index = job.connector.target.index_field
+    columns = [*response_fields(job.response_model), *bookkeeping_fields(job)]
+    names = [index] + [name for name, _ in columns]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise TargetSchemaError(
+            f"{job.path}: response model {job.response_model.__name__} uses reserved column names {clashes}"
+        )
+    fields = [NestedField(1, index, index_type, required=True)]
+    fields += [NestedField(i, name, kind, required=False) for i, (name, kind) in enumerate(columns, start=2)]
+    return Schema(*fields)
+
+
+def target_partition_spec(job: JobConfig, schema: Schema) -> PartitionSpec:
+    target = job.connector.target
+    fields = [PartitionField(schema.find_field(PARTITION_DATE).field_id, 1000, IdentityTransform(), PARTITION_DATE)]
+    source_id = schema.find_field(target.datetime_field).field_id
+    for offset, name in enumerate(target.partition_by, start=1):
+        fields.append(PartitionField(source_id, 1000 + offset, TRANSFORMS[name], f"{target.datetime_field}_{name}"))
+    return PartitionSpec(*fields)
+
+
+def _schema_differences(actual: Schema, expected: Schema) -> list[str]:
+    have = {f.name: f.field_type for f in actual.fields}
+    want = {f.name: f.field_type for f in expected.fields}
+    problems = [f"missing column {n} ({t})" for n, t in want.items() if n not in have]
+    problems += [f"column {n} is {have[n]}, expected {t}" for n, t in want.items() if n in have and have[n] != t]
+    problems += [f"unexpected column {n}" for n in have if n not in want]
+    return problems
+
+
+def open_target(catalog: Catalog, job: JobConfig, index_type: IcebergType, drop: bool = False) -> Table:
+    """Load the target table, creating it (or re-creating it when ``drop``); refuse one with another schema."""
+    target = job.connector.target
+    schema = target_schema(job, index_type)
+    try:
+        catalog.create_namespace(target.database)
+    except NamespaceAlreadyExistsError:
+        pass
+    if drop:
+        try:
+            catalog.drop_table(target.identifier)
+        except NoSuchTableError:
+            pass
+    try:
+        table = catalog.load_table(target.identifier)
+    except NoSuchTableError:
+        return catalog.create_table(target.identifier, schema, partition_spec=target_partition_spec(job, schema))
+    problems = _schema_differences(table.schema(), schema)
+    if problems:
+        raise TargetSchemaError(
+            f"target table {target.identifier} does not match job '{job.name}': {'; '.join(problems)}. "
+            "Materialize with run config drop: true to rebuild it."
+        )
+    return table
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    rows_written: int
+    moved_from_other_days: int  # posts whose previous row lived in another day's partition
+    snapshot_id: int | None
+
+
+def conform(rows: pa.Table, table: Table) -> pa.Table:
+    """Cast rows to the table's Arrow schema, naming every column that does not fit."""
+    schema = table.schema().as_arrow()
+    missing = [f.name for f in schema if f.name not in rows.column_names]
+    extra = [n for n in rows.column_names if schema.get_field_index(n) < 0]
+    if missing or extra:
+        raise TargetSchemaError(f"rows for {table.name()} do not fit: missing {missing}, unexpected {extra}")
+    columns = []
+    for target_field in schema:
+        column = rows[target_field.name]
+        if not target_field.nullable and column.null_count:
+            raise TargetSchemaError(f"column {target_field.name} of {table.name()} is required but has nulls")
+        try:
+            columns.append(column.cast(target_field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise TargetSchemaError(f"column {target_field.name}: cannot store {column.type} as {target_field.type}: {e}") from e
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write_day(table: Table, job: JobConfig, day: dt.date, rows: pa.Table) -> WriteStats:
+    """Replace day's rows with ``rows`` and remove the same posts from any other day, in one commit."""
+    index = job.connector.target.index_field
+    rows = conform(rows, table)
+    keys = rows[index].combine_chunks()
+    elsewhere = table.scan(row_filter=NotEqualTo(PARTITION_DATE, day.isoformat()), selected_fields=(index, PARTITION_DATE))
+    held = elsewhere.to_arrow()
+    moved = held.filter(pc.is_in(held[index], value_set=keys))
+    with warnings.catch_warnings():
+        # An overwrite of a day with no rows yet is expected, not worth a warning.
+        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+        with table.transaction() as tx:
+            if moved.num_rows:
+                days: list[Any] = [d.isoformat() for d in pc.unique(moved[PARTITION_DATE]).to_pylist()]
+                tx.delete(And(In(PARTITION_DATE, days), In(index, pc.unique(moved[index]).to_pylist())))
+            tx.overwrite(rows, overwrite_filter=EqualTo(PARTITION_DATE, day.isoformat()))
+    snapshot = table.current_snapshot()
+    return WriteStats(rows.num_rows, moved.num_rows, snapshot.snapshot_id if snapshot else None)
