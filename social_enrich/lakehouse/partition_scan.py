@@ -81,7 +81,10 @@ def to_utc_timestamps(values: pa.ChunkedArray | pa.Array, where: str) -> pa.Arra
         if pa.types.is_date(kind):
             return values.cast(pa.timestamp("us")).cast(UTC_MICROS)
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            return pc.cast(values, UTC_MICROS)
+            try:
+                return pc.cast(values, UTC_MICROS)  # text with a zone offset
+            except pa.ArrowInvalid:
+                return pc.assume_timezone(pc.cast(values, pa.timestamp("us")), "UTC")
     except pa.ArrowInvalid as e:
         raise SourceSchemaError(f"{where}: values are not ISO-8601 datetimes: {e}") from e
     raise SourceSchemaError(f"{where}: type {kind} is not a date, timestamp or ISO-8601 string")

@@ -1,0 +1,43 @@
+"""Shared fixtures: every test gets its own state folder, so catalogs and warehouses live in tmp_path."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pyiceberg.catalog import Catalog
+
+from social_enrich import demo
+from social_enrich.config import JobConfig, load_job_config
+from social_enrich.environment import BUILTIN_JOBS_DIR
+from social_enrich.lakehouse.catalog import open_catalog
+
+SAMPLE_START = dt.date(2026, 11, 1)
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh embedded default per test, and no Azure settings leaking in from the shell."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("SOCIAL_ENRICH_HOME", str(home))
+    for name in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT", "SOCIAL_ENRICH_JOBS_DIR",
+                 "SOCIAL_ENRICH_WAREHOUSE", "SOCIAL_ENRICH_START_DATE", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def sentiment_job() -> JobConfig:
+    return load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+
+
+@pytest.fixture
+def catalog(sentiment_job: JobConfig) -> Catalog:
+    return open_catalog(sentiment_job.connector)
+
+
+@pytest.fixture
+def seeded(catalog: Catalog) -> demo.DemoSummary:
+    """A small sample: 600 posts over 3 days, with updates and special posts."""
+    return demo.seed_gold_tables(catalog, posts=600, days=3, start=SAMPLE_START)

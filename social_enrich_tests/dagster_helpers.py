@@ -1,0 +1,36 @@
+"""Run the real Definitions against a real Dagster instance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from social_enrich.definitions import build_definitions
+
+
+def materialize_day(
+    instance: dg.DagsterInstance,
+    day: str,
+    asset: str = "social_media_sentiment",
+    defs: dg.Definitions | None = None,
+    run_config: dict[str, Any] | None = None,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    defs = defs or build_definitions()
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        partition_key=day,
+        asset_selection=[dg.AssetKey(asset)],
+        instance=instance,
+        run_config=run_config or {},
+        raise_on_error=raise_on_error,
+    )
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str = "social_media_sentiment") -> dict[str, Any]:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+def drop_config(asset: str = "social_media_sentiment") -> dict[str, Any]:
+    return {"ops": {asset: {"config": {"drop": True}}}}

@@ -1,0 +1,159 @@
+"""The enrichment asset end to end: real sample gold tables, a real Dagster instance, the local model."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from social_enrich.lakehouse.catalog import load_table
+from social_enrich_tests.dagster_helpers import drop_config, materialization_metadata, materialize_day
+
+TARGET = "enriched.social_media_sentiment"
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def target_rows(catalog) -> pa.Table:
+    return load_table(catalog, TARGET).scan().to_arrow()
+
+
+def touched_posts(catalog, day: dt.date) -> set[int]:
+    """Posts with a row on the day in any gold table, computed here independently of the asset."""
+    keys: set[int] = set()
+    for name in ("fact_social_media_reaction_post", "dim_post_details"):
+        rows = load_table(catalog, f"gold.{name}").scan().to_arrow()
+        on_day = pc.equal(pc.cast(rows["last_update_time"], pa.date32()), pa.scalar(day, pa.date32()))
+        keys |= set(rows.filter(on_day)["post_key"].to_pylist())
+    return keys
+
+
+def test_materializing_a_day_scores_every_post_touched_that_day(catalog, seeded, instance):
+    day = seeded.days[1]
+    result = materialize_day(instance, day.isoformat())
+    assert result.success
+    rows = target_rows(catalog)
+    expected = touched_posts(catalog, day)
+    assert set(rows["post_key"].to_pylist()) == expected
+    assert rows.num_rows == len(expected)  # one row per post
+    assert set(rows["status"].to_pylist()) <= {"ok", "failed"}
+    ok = rows.filter(pc.equal(rows["status"], "ok"))
+    assert set(ok["label"].to_pylist()) <= {"positive", "negative", "neutral", "mixed"}
+    assert pc.min(ok["score"]).as_py() >= -1 and pc.max(ok["score"]).as_py() <= 1
+    assert set(rows["model"].to_pylist()) == {"vader-3.3.2"}
+    assert set(rows["prompt_version"].to_pylist()) == {"sentiment-v1"}
+    assert all(len(h) == 64 for h in rows["input_hash"].to_pylist())
+    assert set(rows["partition_date"].to_pylist()) == {day}
+    assert rows["source_update_time"].null_count == 0 and rows["written_at"].null_count == 0
+
+    meta = materialization_metadata(result)
+    assert meta["posts_touched"] == len(expected)
+    assert meta["posts_scored"] + meta["posts_failed"] == len(expected)
+    assert meta["dagster/partition_row_count"] == len(expected) == meta["dagster/row_count"]
+    assert sum(meta["labels"].values()) == meta["posts_scored"]
+    assert meta["model"] == "vader-3.3.2"
+    assert meta["rows_read/gold.fact_social_media_reaction_post"] > 0
+    assert meta["rows_read/gold.dim_post_details"] > 0
+    assert meta["versions_collapsed"] > 0  # the sample has later versions of some posts
+    assert meta["duration_seconds"] > 0
+
+
+def test_target_is_partitioned_by_partition_date_and_the_configured_transform(catalog, seeded, instance):
+    materialize_day(instance, seeded.days[0].isoformat())
+    spec = load_table(catalog, TARGET).spec()
+    assert [(f.name, str(f.transform)) for f in spec.fields] == [("partition_date", "identity"), ("written_at_year", "year")]
+
+
+def test_rematerializing_adds_no_duplicates_and_posts_live_in_one_day(catalog, seeded, instance):
+    for day in [*seeded.days, seeded.days[0], seeded.days[1]]:  # every day, then two days again
+        assert materialize_day(instance, day.isoformat()).success
+    rows = target_rows(catalog)
+    keys = rows["post_key"].to_pylist()
+    assert len(keys) == len(set(keys)) == seeded.posts
+    # A post updated on a later day was moved out of the earlier day's partition, not copied.
+    assert set(keys) == set().union(*(touched_posts(catalog, d) for d in seeded.days))
+
+
+def test_moving_a_post_between_days_is_counted(catalog, seeded, instance):
+    first, second = seeded.days[0], seeded.days[1]
+    materialize_day(instance, first.isoformat())
+    meta = materialization_metadata(materialize_day(instance, second.isoformat()))
+    both = touched_posts(catalog, first) & touched_posts(catalog, second)
+    assert both, "the sample should update some posts on a later day"
+    assert meta["moved_from_other_days"] == len(both)
+    rows = target_rows(catalog)
+    assert rows.num_rows == len(touched_posts(catalog, first) | touched_posts(catalog, second))
+
+
+def test_drop_rebuilds_the_target_from_scratch(catalog, seeded, instance):
+    materialize_day(instance, seeded.days[0].isoformat())
+    result = materialize_day(instance, seeded.days[2].isoformat(), run_config=drop_config())
+    assert result.success
+    rows = target_rows(catalog)
+    assert set(rows["partition_date"].to_pylist()) == {seeded.days[2]}
+    assert set(rows["post_key"].to_pylist()) == touched_posts(catalog, seeded.days[2])
+
+
+def test_a_null_post_body_is_stored_as_failed_and_the_partition_completes(catalog, seeded, instance):
+    day = seeded.days[0]
+    at = dt.datetime.combine(day, dt.time(12), tzinfo=dt.timezone.utc)
+    details = load_table(catalog, "gold.dim_post_details")
+    schema = details.schema().as_arrow()
+    extra = [
+        {"post_key": 900_001, "post_text": None, "last_update_time": at},  # null body: stored as failed
+        {"post_key": 900_002, "post_text": "I love this, best day ever!", "last_update_time": at},
+    ]
+    details.append(pa.Table.from_pylist(extra, schema=schema))
+
+    result = materialize_day(instance, day.isoformat())
+    meta = materialization_metadata(result)
+    rows = {r["post_key"]: r for r in target_rows(catalog).to_pylist()}
+    assert rows[900_001]["status"] == "failed" and rows[900_001]["error"] == "post_text is null"
+    assert rows[900_002]["status"] == "ok" and rows[900_002]["label"] == "positive"
+    assert meta["posts_failed"] >= 1
+
+
+def test_source_missing_a_field_fails_clearly_and_leaves_the_target_as_it_was(catalog, seeded, instance, tmp_path, monkeypatch):
+    materialize_day(instance, seeded.days[0].isoformat())
+    before = load_table(catalog, TARGET).current_snapshot().snapshot_id
+
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir()
+    from social_enrich.environment import BUILTIN_JOBS_DIR
+
+    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text().replace("text_field: post_text", "text_field: body_text")
+    (job_dir / "sentiment.yaml").write_text(text)
+    from social_enrich.definitions import build_definitions
+
+    defs = build_definitions([job_dir])
+    result = materialize_day(instance, seeded.days[1].isoformat(), defs=defs, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "inference.text_field 'body_text' is in no source table" in failure.step_failure_data.error.cause.message
+    assert load_table(catalog, TARGET).current_snapshot().snapshot_id == before
+
+
+def test_unreachable_catalog_is_named_without_secrets(tmp_path, instance):
+    from social_enrich.definitions import build_definitions
+    from social_enrich.environment import BUILTIN_JOBS_DIR
+
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir()
+    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text().replace(
+        "catalog: {}", "catalog: {type: rest, uri: 'http://user:hunter2@127.0.0.1:9', credential: 'id:s3cr3t'}"
+    )
+    (job_dir / "sentiment.yaml").write_text(text)
+    result = materialize_day(instance, "2026-11-02", defs=build_definitions([job_dir]), raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.step_failure_data.error)
+    assert "cannot reach the rest catalog at http://***@127.0.0.1:9" in message
+    logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
+    assert "hunter2" not in logs and "s3cr3t" not in logs

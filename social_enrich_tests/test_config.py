@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from social_enrich.config import JobConfigError, discover_job_configs, load_job_config
+from social_enrich.environment import BUILTIN_JOBS_DIR
+from social_enrich.inference.response_models import Sentiment
+
+BUILTIN = BUILTIN_JOBS_DIR / "sentiment.yaml"
+
+
+def write_job(tmp_path: Path, mutate=None, name: str = "job.yaml") -> Path:
+    raw = yaml.safe_load(BUILTIN.read_text())
+    if mutate:
+        mutate(raw)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_builtin_sentiment_job_loads_with_defaults():
+    job = load_job_config(BUILTIN)
+    assert job.name == "sentiment"
+    assert job.asset_name == "social_media_sentiment"
+    assert job.response_model is Sentiment
+    assert job.connector.catalog == {} and job.connector.warehouse is None  # the embedded default
+    assert [t.table for t in job.connector.source.tables] == ["fact_social_media_reaction_post", "dim_post_details"]
+    assert job.connector.target.partition_by == ["year"]
+    assert "post_key" in job.inference.exclude_fields
+
+
+def test_environment_variables_fill_values(monkeypatch):
+    monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", "s3://bucket/warehouse")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-4.1-mini")
+    job = load_job_config(BUILTIN)
+    assert job.connector.warehouse == "s3://bucket/warehouse"
+    assert job.inference.model == "gpt-4.1-mini"
+
+
+def test_unset_variable_without_default_names_file_and_field(tmp_path):
+    path = write_job(tmp_path, lambda raw: raw["connector"].update(warehouse="${NO_SUCH_VARIABLE_XYZ}"))
+    with pytest.raises(JobConfigError) as error:
+        load_job_config(path)
+    assert str(path) in str(error.value)
+    assert "connector.warehouse" in str(error.value) and "NO_SUCH_VARIABLE_XYZ" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda raw: raw["connector"]["source"]["tables"][0].pop("index_field"), "connector.source.tables.0.index_field"),
+        (lambda raw: raw["connector"]["target"].update(partition_by=["week"]), "connector.target.partition_by.0"),
+        (lambda raw: raw["inference"].update(workers=0), "inference.workers"),
+        (lambda raw: raw["inference"].update(provdier="local"), "inference.provdier"),
+        (lambda raw: raw["inference"].update(response_format="horoscope"), "inference.response_format"),
+        (lambda raw: raw["inference"].update(response_format="no_such_module:Model"), "inference.response_format"),
+        (lambda raw: raw["inference"].update(local_model="social_enrich.config:JobConfig"), "inference.local_model"),
+        (lambda raw: raw["connector"]["source"].update(tables=[]), "connector.source.tables"),
+    ],
+    ids=["missing-field", "bad-transform", "zero-workers", "misspelt-key", "unknown-response-format",
+         "unimportable-response-format", "not-a-local-model", "no-source-tables"],
+)
+def test_bad_config_names_file_and_field(tmp_path, mutate, field):
+    path = write_job(tmp_path, mutate)
+    with pytest.raises(JobConfigError) as error:
+        load_job_config(path)
+    message = str(error.value)
+    assert message.startswith(str(path)), message
+    assert field in message, message
+
+
+def test_unknown_response_format_lists_the_known_ones(tmp_path):
+    path = write_job(tmp_path, lambda raw: raw["inference"].update(response_format="horoscope"))
+    with pytest.raises(JobConfigError, match=r"unknown response_format 'horoscope'.*sentiment"):
+        load_job_config(path)
+
+
+def test_unparsable_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("connector: {source: [unclosed\n")
+    with pytest.raises(JobConfigError, match="broken.yaml: not valid YAML"):
+        load_job_config(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(JobConfigError, match="cannot read job config"):
+        load_job_config(tmp_path / "nope.yaml")
+
+
+def test_two_jobs_may_not_write_the_same_target(tmp_path):
+    write_job(tmp_path, lambda raw: raw.update(name="sentiment_copy"), name="copy.yaml")
+    with pytest.raises(JobConfigError, match="asset_name 'social_media_sentiment' is already used"):
+        discover_job_configs([BUILTIN_JOBS_DIR, tmp_path])
