@@ -24,11 +24,8 @@ from pyiceberg.catalog import Catalog
 from social_enrich.devtools import azure_openai_emulator as emulator_module
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider, AzureOpenAIResource
-from social_enrich.inference.provider import PostToScore, ScoreResult
+from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
-
-# Dagster flags observable_source_asset and backfill_policy as beta when the definitions are built.
-pytestmark = pytest.mark.filterwarnings("ignore::dagster.BetaWarning")
 
 API_KEY = "sk-emulated-3f9c1a7e5b2d4c6e8a0f"  # distinctive, so a leak is unmistakable
 DEPLOYMENT = "sentiment-e2e-deployment"
@@ -188,7 +185,8 @@ def test_wrong_key_fails_with_401(emulator: AzureOpenAIEmulator, monkeypatch: py
 
 def test_prompt_content_filter_is_filtered(provider: AzureOpenAIProvider):
     (result,) = provider.score([post(fault("content_filter"))])
-    assert result == ScoreResult("filtered", None, result.error)
+    assert result.status == "filtered"
+    assert result.response is None
     assert "content_filter" in result.error and "prompt" in result.error
 
 
