@@ -96,10 +96,8 @@ def _row_problem(job: JobConfig, value: Any) -> str | None:
     return None
 
 
-def score_posts(
-    job: JobConfig, provider: Provider, posts: PartitionPosts, log: logging.Logger
-) -> tuple[list[dict[str, Any]], list[ScoreResult], list[Any]]:
-    """Build what is sent per post, score the valid ones, and return hashes, results and keys in post order."""
+def score_posts(job: JobConfig, provider: Provider, posts: PartitionPosts, log: logging.Logger) -> tuple[list[str], list[ScoreResult]]:
+    """Hash what is sent per post, score the valid posts, and return hashes and results in post order."""
     table = posts.posts
     send = fields_to_send(job, table.column_names)
     text_field = job.inference.text_field
@@ -107,28 +105,23 @@ def score_posts(
         raise SourceSchemaError(f"{job.path}: inference.text_field '{text_field}' is in no source table {table.column_names}")
     keys = table[job.index_field].to_pylist()
     texts = table[text_field].to_pylist() if text_field else [None] * len(keys)
-    hashes: list[dict[str, Any]] = []
+    hashes: list[str] = []
     results: list[ScoreResult | None] = []
     to_score: list[PostToScore] = []
-    slots: list[int] = []
-    for i, (key, fields, text) in enumerate(zip(keys, table.select(send).to_pylist(), texts)):
-        hashes.append({"input_hash": input_hash(fields)})
+    for key, fields, text in zip(keys, table.select(send).to_pylist(), texts):
+        hashes.append(input_hash(fields))
         problem = _row_problem(job, text)
         if problem:
             log.warning("post %s=%r not scored: %s", job.index_field, key, problem)
-            results.append(ScoreResult.failed(problem))
-            continue
-        results.append(None)
-        slots.append(i)
-        to_score.append(PostToScore(key=key, fields=fields, text=text))
-    scored = provider.score(to_score, progress=_ProgressLog(log, len(to_score)))
-    for slot, result in zip(slots, scored, strict=True):
-        results[slot] = result
-    return hashes, results, keys  # type: ignore[return-value]
+        else:
+            to_score.append(PostToScore(key=key, fields=fields, text=text))
+        results.append(ScoreResult.failed(problem) if problem else None)
+    scored = iter(provider.score(to_score, progress=_ProgressLog(log, len(to_score))))
+    return hashes, [result or next(scored) for result in results]
 
 
 def result_rows(
-    job: JobConfig, day: dt.date, model: str, posts: PartitionPosts, hashes: list[dict[str, Any]], results: list[ScoreResult]
+    job: JobConfig, day: dt.date, model: str, posts: PartitionPosts, hashes: list[str], results: list[ScoreResult]
 ) -> pa.Table:
     response_names = list(job.response_model.model_fields)
     columns: dict[str, list[Any]] = {name: [] for name in response_names}
@@ -145,7 +138,7 @@ def result_rows(
             **columns,
             "model": [model] * n,
             "prompt_version": [job.inference.prompt_version] * n,
-            "input_hash": [h["input_hash"] for h in hashes],
+            "input_hash": hashes,
             "status": [r.status for r in results],
             "error": [r.error for r in results],
             "source_update_time": posts.source_update_time,
@@ -172,13 +165,14 @@ def enrich_partition(
         capped=posts.capped,
     )
     log.info("%s: %d posts touched on %s", job.name, report.posts, day)
-    hashes, results, _ = score_posts(job, provider, posts, log)
+    hashes, results = score_posts(job, provider, posts, log)
     scored = time.perf_counter()
     rows = result_rows(job, day, provider.model_id, posts, hashes, results)
     report.statuses.update(r.status for r in results)
     if "label" in job.response_model.model_fields:
         report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
-    index_type = catalog.load_table(job.connector.source.tables[0].identifier).schema().find_field(job.index_field).field_type
+    first_source = job.connector.source.tables[0].identifier
+    index_type = catalog.load_table(first_source).schema().find_field(job.index_field).field_type
     target = open_target(catalog, job, index_type, drop=drop)
     report.write = write_day(target, job, day, rows)
     report.seconds = {

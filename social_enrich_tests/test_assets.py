@@ -157,3 +157,11 @@ def test_unreachable_catalog_is_named_without_secrets(tmp_path, instance):
     assert "cannot reach the rest catalog at http://***@127.0.0.1:9" in message
     logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
     assert "hunter2" not in logs and "s3cr3t" not in logs
+
+
+def test_a_day_without_posts_materializes_empty(catalog, seeded, instance):
+    materialize_day(instance, seeded.days[0].isoformat())
+    before = target_rows(catalog).num_rows
+    meta = materialization_metadata(materialize_day(instance, "2026-11-20"))
+    assert meta["posts_touched"] == 0 and meta["dagster/partition_row_count"] == 0
+    assert target_rows(catalog).num_rows == before

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog import Catalog
 
+from social_enrich.definitions import build_definitions
 from social_enrich.devtools import azure_openai_emulator as emulator_module
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider, AzureOpenAIResource
@@ -329,12 +330,10 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def materialize(instance: dg.DagsterInstance, partition: str = DAY.isoformat()) -> dg.ExecuteInProcessResult:
-    from social_enrich.definitions import build_definitions
-
+def materialize(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     defs = build_definitions()  # after the env is set: job YAMLs read it at load time
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        partition_key=partition, asset_selection=[dg.AssetKey(ASSET)], instance=instance, raise_on_error=False
+        partition_key=DAY.isoformat(), asset_selection=[dg.AssetKey(ASSET)], instance=instance, raise_on_error=False
     )
 
 
@@ -346,6 +345,9 @@ def touched_keys(catalog: Catalog, day: dt.date) -> set[int]:
         on_day = pc.equal(pc.cast(rows["last_update_time"], pa.date32()), pa.scalar(day, pa.date32()))
         keys.update(rows.filter(on_day)["post_key"].to_pylist())
     return keys
+
+
+FILLER = {"channel_name": "x", "author_handle": "@fault_tester", "language": "en"}
 
 
 def append_posts(catalog: Catalog, texts: dict[int, str], day: dt.date) -> None:
@@ -362,10 +364,8 @@ def append_posts(catalog: Catalog, texts: dict[int, str], day: dt.date) -> None:
                 values = list(texts.values())
             elif field.name in ("last_update_time", "created_time"):
                 values = [when] * len(texts)
-            elif field.name in ("channel_name", "language", "author_handle"):
-                values = [{"channel_name": "x", "language": "en", "author_handle": "@tester"}[field.name]] * len(texts)
-            else:
-                values = [None] * len(texts)
+            else:  # e.g. channel_name, language; reactions and other details stay null
+                values = [FILLER.get(field.name)] * len(texts)
             columns[field.name] = pa.array(values, field.type)
         table.append(pa.table(columns, schema=schema))
 
