@@ -200,7 +200,8 @@ class Bench:
         self.probe = install_probe()
         self.runs: list[dict] = []
 
-    def target_rows(self) -> int:
+    def target_state(self) -> tuple[int, int, int]:
+        """The target's rows, snapshots in its history, and live data files (0s before it exists)."""
         from pyiceberg.exceptions import NoSuchTableError
 
         from social_enrich.lakehouse.snapshots import current_snapshot_info
@@ -208,12 +209,13 @@ class Bench:
         try:
             table = self.catalog.load_table(self.job.connector.target.identifier)
         except NoSuchTableError:
-            return 0
-        return current_snapshot_info(table).total_records
+            return 0, 0, 0
+        info = current_snapshot_info(table)
+        return info.total_records, len(table.metadata.snapshots), info.total_data_files
 
     def dagster(self, day: str, label: str) -> dict:
         dg = self.dg
-        before = self.target_rows()
+        before, snapshots, files = self.target_state()
         self.probe.reset()
         began = time.perf_counter()
         with StderrToFile(self.log_path):
@@ -231,6 +233,7 @@ class Bench:
         meta = {k: v.value for k, v in materialization.metadata.items()}
         run = {
             "label": label, "day": day, "via": "dagster", "wall": wall, "target_before": before,
+            "snapshots_before": snapshots, "files_before": files,
             "posts": meta["posts_touched"], "scan": meta["seconds/scan"], "score": meta["seconds/score"],
             "write": meta["seconds/write"], "asset": meta["duration_seconds"], "meta": meta,
             "probe": self.probe.snapshot(), "peak_rss_mib": peak_rss_mib(), "rss_mib": current_rss_mib(),
@@ -242,7 +245,7 @@ class Bench:
         from social_enrich.inference.azure_openai import AzureOpenAIResource
         from social_enrich.inference.selection import build_provider
 
-        before = self.target_rows()
+        before, snapshots, files = self.target_state()
         self.probe.reset()
         began = time.perf_counter()
         with StderrToFile(self.log_path):
@@ -251,6 +254,7 @@ class Bench:
         wall = time.perf_counter() - began
         run = {
             "label": label, "day": day, "via": "enrich_partition", "wall": wall, "target_before": before,
+            "snapshots_before": snapshots, "files_before": files,
             "posts": report.posts, **report.seconds, "asset": wall, "meta": {},
             "probe": self.probe.snapshot(), "peak_rss_mib": peak_rss_mib(), "rss_mib": current_rss_mib(),
         }
@@ -261,7 +265,8 @@ class Bench:
         print(
             f"  {run['label']:<40} {run['day']}  {run['posts']:>7,} posts  {run['wall']:6.2f} s "
             f"(scan {run['scan']:.2f}  score {run['score']:.2f}  write {run['write']:.2f})  "
-            f"target before {run['target_before']:>7,} rows  peak RSS {run['peak_rss_mib']:.0f} MiB",
+            f"target before {run['target_before']:>7,} rows/{run['snapshots_before']:>3} snapshots/{run['files_before']:>3} files  "
+            f"peak RSS {run['peak_rss_mib']:.0f} MiB",
             flush=True,
         )
         return run
@@ -343,7 +348,8 @@ def report(args: argparse.Namespace, seed: dict, bench: Bench, offline: dict, rs
     def write_line(what: str, run: dict) -> str:
         pr = run["probe"]
         return (
-            f"  {what:<40} {run['posts']:>7,} posts into {run['target_before']:>7,} rows: write {run['write']:.3f} s "
+            f"  {what:<40} {run['posts']:>7,} posts into {run['target_before']:>7,} rows ({run['snapshots_before']:>3} snapshots, "
+            f"{run['files_before']:>3} files): write {run['write']:.3f} s "
             f"(rows {_top(pr, 'result_rows'):.3f}, open {_top(pr, 'open_target'):.3f}, "
             f"key scan {_sum(pr, 'write_day/to_arrow'):.3f}, delete moved {_top(pr, 'write_day/tx.delete'):.3f}, "
             f"overwrite {_sum(pr, 'tx.overwrite'):.3f}, commit {_sum(pr, 'tx.commit'):.3f})"
@@ -369,8 +375,23 @@ def report(args: argparse.Namespace, seed: dict, bench: Bench, offline: dict, rs
     print(f"  score {score:6.2f} s  = model {model:.2f} + validation/ScoreResult {provider - model:.2f} "
           f"+ fields/hash/PostToScore {score - provider:.2f}   (offline: to_pylist {offline['to_pylist']:.2f}, sha256 of JSON {offline['hash']:.2f})")
     print(f"  write {write:6.2f} s  = result rows {result_rows:.2f} + open target {open_target:.2f} + write_day {write_day:.2f} "
-          f"(conform {_sum(p, 'conform'):.2f}, key scan {_sum(p, 'write_day/to_arrow'):.2f}, "
+          f"(conform {_sum(p, 'conform'):.2f}, key scan {_sum(p, 'write_day/to_arrow'):.2f}, delete moved {_top(p, 'write_day/tx.delete'):.2f}, "
           f"overwrite {_sum(p, 'tx.overwrite'):.2f}, commit {_sum(p, 'tx.commit'):.2f}) + other {write - result_rows - open_target - write_day:.2f}")
+    if len(mains) >= 10:
+        head, tail = mains[:5], mains[-5:]
+
+        def mean(rs: list[dict], key: str) -> float:
+            return sum(r[key] for r in rs) / len(rs)
+
+        def mean_probe(rs: list[dict], name: str) -> float:
+            return sum(_sum(r["probe"], name) for r in rs) / len(rs)
+
+        print(f"  write per partition, first 5 vs last 5 days: {mean(head, 'write'):.3f} s -> {mean(tail, 'write'):.3f} s "
+              f"(posts {mean(head, 'posts'):,.0f} -> {mean(tail, 'posts'):,.0f}; target {mean(head, 'target_before'):,.0f} -> "
+              f"{mean(tail, 'target_before'):,.0f} rows, {mean(head, 'snapshots_before'):.0f} -> {mean(tail, 'snapshots_before'):.0f} snapshots, "
+              f"{mean(head, 'files_before'):.0f} -> {mean(tail, 'files_before'):.0f} files; key scan {mean_probe(head, 'write_day/to_arrow'):.3f} -> "
+              f"{mean_probe(tail, 'write_day/to_arrow'):.3f}, delete moved {mean_probe(head, 'write_day/tx.delete'):.3f} -> "
+              f"{mean_probe(tail, 'write_day/tx.delete'):.3f}, overwrite {mean_probe(head, 'tx.overwrite'):.3f} -> {mean_probe(tail, 'tx.overwrite'):.3f})")
     print(f"model vs pipeline: model (VADER, timed inside the run, {int(p['model_calls']):,} calls) {model:.2f} s; "
           f"pipeline around it (scan, join, hash, validate, upsert) {pipeline:.2f} s")
     print(f"  pipeline/model = {ratio:.2f} (goal < {GOAL_RATIO:g}) {ok(ratio < GOAL_RATIO)}   "
