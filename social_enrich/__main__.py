@@ -1,10 +1,12 @@
-"""`python -m social_enrich demo`: seed sample gold data, materialize its days, print a summary."""
+"""`python -m social_enrich demo` seeds sample gold data, materializes its days and prints a summary;
+`python -m social_enrich seed` only seeds the sample gold tables."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import warnings
 from collections import Counter
 
 import dagster as dg
@@ -29,23 +31,41 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def run_demo(posts: int, days: int, job_name: str) -> int:
-    job: JobConfig = next(j for j in discover_job_configs() if j.name == job_name)
+def find_job(name: str) -> JobConfig:
+    jobs = {job.name: job for job in discover_job_configs()}
+    if name not in jobs:
+        raise SystemExit(f"unknown job '{name}'; the jobs are {sorted(jobs)}")
+    return jobs[name]
+
+
+def seed(job: JobConfig, posts: int, days: int) -> demo.DemoSummary:
     catalog = open_catalog(job.connector)
     start = job.connector.source.start_date
     print(f"Seeding {posts} sample posts over {days} days from {start} ...", flush=True)
     summary = demo.seed_gold_tables(catalog, posts=posts, days=days, start=start)
     print(f"  gold: {summary.fact_rows} fact rows, {summary.dim_rows} detail rows, snapshots {summary.snapshots}")
+    return summary
+
+
+def run_demo(posts: int, days: int, job_name: str) -> int:
+    job = find_job(job_name)
+    summary = seed(job, posts, days)
+    catalog = open_catalog(job.connector)
 
     defs = build_definitions()
     job_def = defs.resolve_implicit_global_asset_job_def()
     instance = _instance()
-    for day in summary.days:
+    for n, day in enumerate(summary.days):
+        run_config = {
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            # The sample gold tables were just re-created, so rebuild the target with the first day.
+            "ops": {job.asset_name: {"config": {"drop": n == 0}}},
+        }
         result = job_def.execute_in_process(
             instance=instance,
             partition_key=day.isoformat(),
             asset_selection=[dg.AssetKey(job.asset_name)],
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            run_config=run_config,
             raise_on_error=False,
         )
         meta = next(iter(result.asset_materializations_for_node(job.asset_name)), None)
@@ -78,13 +98,22 @@ def run_demo(posts: int, days: int, job_name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m social_enrich", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("demo", help="seed sample gold tables and materialize the enrichment for every day")
-    run.add_argument("--posts", type=int, default=3000, help="sample posts to generate (default 3000)")
-    run.add_argument("--days", type=int, default=7, help="days the posts are spread over (default 7)")
-    run.add_argument("--job", default="sentiment", help="enrichment job to run (default sentiment)")
+    for name, text in [
+        ("demo", "seed sample gold tables and materialize the enrichment for every day"),
+        ("seed", "only (re)create the sample gold tables"),
+    ]:
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--posts", type=int, default=3000, help="sample posts to generate (default 3000)")
+        command.add_argument("--days", type=int, default=7, help="days the posts are spread over (default 7)")
+        command.add_argument("--job", default="sentiment", help="the job whose catalog and start date to use")
     args = parser.parse_args(argv)
     if args.posts < 1 or args.days < 1:
         parser.error("--posts and --days must be at least 1")
+    # Dagster marks observable source assets and backfill policies beta; that is no news to a user here.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    if args.command == "seed":
+        seed(find_job(args.job), args.posts, args.days)
+        return 0
     return run_demo(args.posts, args.days, args.job)
 
 

@@ -110,3 +110,22 @@ def test_datetime_field_of_an_unusable_type_is_rejected(catalog, sentiment_job, 
     tables = [dict(reactions_and_texts[0], datetime_field="likes"), reactions_and_texts[1]]
     with pytest.raises(SourceSchemaError, match=r"gold.reactions.likes is long, not a date, timestamp"):
         read_partition(catalog, job_for(sentiment_job, tables), D2)
+
+
+def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job):
+    """A job whose text_field is numeric: every post fails alone, named by the error, and nothing stops."""
+    from social_enrich.enrichment import enrich_partition
+    from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
+    from social_enrich.inference.response_models import Sentiment
+
+    table = create_table(catalog, "gold.numbers", [("id", LongType()), ("body", LongType()), ("at", TimestamptzType())])
+    append_rows(table, [{"id": 1, "body": 42, "at": dt.datetime(2026, 11, 2, 9, tzinfo=UTC)}])
+    job = job_for(sentiment_job, [{"database": "gold", "table": "numbers", "datetime_field": "at", "index_field": "id"}],
+                  text_field="body", exclude_fields=[], max_failed_share=1.0)
+    raw = job.model_dump()
+    raw["connector"]["target"]["index_field"] = "id"
+    job = JobConfig.model_validate(raw)
+    report = enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment))
+    assert report.statuses == {"failed": 1}
+    (row,) = catalog.load_table("enriched.social_media_sentiment").scan().to_arrow().to_pylist()
+    assert row["id"] == 1 and row["status"] == "failed" and row["error"] == "body is not text (int)"
