@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import gc
 import json
 import os
 import resource
@@ -99,16 +100,32 @@ class Probe:
         self.stack: list[str] = []
         self.model_seconds = 0.0
         self.model_calls = 0
+        self.gc_seconds = 0.0
+        self.gc_full = 0
+        self._gc_began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_began
+            self.gc_full += info["generation"] == 2
 
     def reset(self) -> None:
         self.seconds.clear()
         self.model_seconds, self.model_calls = 0.0, 0
+        self.gc_seconds, self.gc_full = 0.0, 0
 
     def snapshot(self) -> dict[str, float]:
-        return {**self.seconds, "model": self.model_seconds, "model_calls": self.model_calls}
+        return {**self.seconds, "model": self.model_seconds, "model_calls": self.model_calls,
+                "gc": self.gc_seconds, "gc_full": self.gc_full}
 
     def wrap(self, owner: object, attr: str, name: str) -> None:
-        original = getattr(owner, attr)
+        original = getattr(owner, attr, None)
+        if original is None:  # renamed in the package: leave that figure at 0 rather than fail the bench
+            print(f"note: cannot time {name}: {getattr(owner, '__name__', owner)}.{attr} no longer exists", flush=True)
+            return
         probe = self
 
         @functools.wraps(original)
@@ -394,10 +411,16 @@ def report(args: argparse.Namespace, seed: dict, bench: Bench, offline: dict, rs
               f"{mean_probe(tail, 'write_day/tx.delete'):.3f}, overwrite {mean_probe(head, 'tx.overwrite'):.3f} -> {mean_probe(tail, 'tx.overwrite'):.3f})")
     print(f"model vs pipeline: model (VADER, timed inside the run, {int(p['model_calls']):,} calls) {model:.2f} s; "
           f"pipeline around it (scan, join, hash, validate, upsert) {pipeline:.2f} s")
+    # The model can run slower inside the run than alone (a larger heap, the pipeline's garbage);
+    # charging the model only its standalone speed gives the stricter ratio.
+    alone = offline["model_loop"] / offline["texts"] * p["model_calls"] if offline["texts"] else model
+    strict = (phases - alone) / alone if alone else float("inf")
     print(f"  pipeline/model = {ratio:.2f} (goal < {GOAL_RATIO:g}) {ok(ratio < GOAL_RATIO)}   "
-          f"[counting Dagster overhead too: {ratio_dagster:.2f}]")
+          f"[counting Dagster overhead too: {ratio_dagster:.2f}; charging the model only its standalone time "
+          f"{alone:.2f} s: {strict:.2f} {ok(strict < GOAL_RATIO)}]")
     print(f"  VADER alone on the same {offline['texts']:,} texts of {biggest['day']}: {offline['model_loop']:.2f} s "
-          f"({offline['texts'] / offline['model_loop']:,.0f} posts/s); in that day's run: {biggest['probe']['model']:.2f} s")
+          f"({offline['texts'] / offline['model_loop']:,.0f} posts/s); in that day's run: {biggest['probe']['model']:.2f} s; "
+          f"GC pauses in the run(s): {p['gc']:.2f} s ({int(p['gc_full'])} full collections)")
     print(f"peak RSS of the materialization process: {peak:.0f} MiB (goal < {GOAL_RSS_MIB:.0f} MiB) {ok(peak < GOAL_RSS_MIB)}   "
           f"[after imports {rss_after_imports:.0f}; after first write {max(r['peak_rss_mib'] for r in mains):.0f}; "
           f"after Dagster rewrite {rewrite['peak_rss_mib']:.0f}; after enrich_partition {direct['peak_rss_mib']:.0f}; "

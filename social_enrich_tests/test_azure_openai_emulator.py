@@ -7,7 +7,10 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Iterator, Literal, Optional
 
@@ -19,8 +22,10 @@ from pydantic import BaseModel, Field
 from social_enrich.devtools.azure_openai_emulator import (
     AzureOpenAIEmulator,
     EmulatorSettings,
+    Reply,
     build_chat_reply,
     fill_schema,
+    reply_delay,
 )
 
 API_KEY = "secret-test-key"
@@ -105,6 +110,18 @@ def _user(text: str) -> list[dict]:
     ]
 
 
+def _strict_schema(model: type[BaseModel]) -> dict:
+    # The SDK's public pydantic_function_tool runs the same to_strict_json_schema transform that
+    # chat.completions.parse(response_format=model) sends as json_schema.schema.
+    return openai.pydantic_function_tool(model)["function"]["parameters"]
+
+
+def _response_format(model: type[BaseModel]) -> dict:
+    """The ``response_format`` that ``chat.completions.parse(response_format=model)`` sends."""
+    json_schema = {"name": model.__name__, "schema": _strict_schema(model), "strict": True}
+    return {"type": "json_schema", "json_schema": json_schema}
+
+
 # ------------------------------------------------------------------------------------------
 # Happy paths
 # ------------------------------------------------------------------------------------------
@@ -153,6 +170,7 @@ def test_batch_of_posts_echoes_ids_in_order(emulator: AzureOpenAIEmulator, azure
     assert response_format["type"] == "json_schema"
     assert response_format["json_schema"]["name"] == "BatchSentiment"
     assert response_format["json_schema"]["strict"] is True
+    assert response_format == _response_format(BatchSentiment)  # what the pure-function tests below build
 
 
 def test_generic_schema_walker_satisfies_every_shape(azure: openai.AzureOpenAI) -> None:
@@ -323,6 +341,7 @@ def test_stats_count_requests_statuses_and_tokens(emulator: AzureOpenAIEmulator,
     assert stats["by_status"] == {200: 2, 500: 1}
     assert stats["prompt_tokens"] == first.usage.prompt_tokens + second.usage.prompt_tokens
     assert stats["completion_tokens"] == first.usage.completion_tokens + second.usage.completion_tokens
+    assert stats["in_flight"] == 0 and stats["max_in_flight"] == 1  # one at a time, errors included
     assert len(emulator.requests_log) == 3
 
     with urllib.request.urlopen(emulator.endpoint + "/stats", timeout=5) as response:
@@ -330,9 +349,123 @@ def test_stats_count_requests_statuses_and_tokens(emulator: AzureOpenAIEmulator,
     assert served == {**stats, "by_status": {"200": 2, "500": 1}}
 
 
+# ------------------------------------------------------------------------------------------
+# Latency, the slow fault and requests in flight
+# ------------------------------------------------------------------------------------------
+
+
+def _timed_create(client: openai.AzureOpenAI, text: str) -> float:
+    start = time.monotonic()
+    client.chat.completions.create(model=DEPLOYMENT, messages=_user(text))
+    return time.monotonic() - start
+
+
+def test_latency_delays_every_answer(emulator: AzureOpenAIEmulator, azure: openai.AzureOpenAI) -> None:
+    fast = _timed_create(azure, POSITIVE)
+    emulator.settings.latency_seconds = 0.3  # settings are read per request
+
+    assert _timed_create(azure, POSITIVE) >= 0.3 > fast
+    with pytest.raises(openai.InternalServerError):  # errors wait too
+        azure.chat.completions.create(model=DEPLOYMENT, messages=_user("EMULATOR_FAULT:http_500"))
+    assert emulator.stats["by_status"] == {200: 2, 500: 1}
+
+
+def test_slow_fault_holds_only_its_own_request(emulator: AzureOpenAIEmulator, azure: openai.AzureOpenAI) -> None:
+    emulator.settings.slow_seconds = 0.5
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(_timed_create, azure, f"{POSITIVE} EMULATOR_FAULT:slow")
+        normal = pool.submit(_timed_create, azure, NEGATIVE)
+        assert normal.result() < 0.5 <= slow.result()
+    assert emulator.stats["by_status"] == {200: 2}  # slow answers normally, only late
+
+
+def test_slow_combines_with_an_answer_fault(emulator: AzureOpenAIEmulator, azure: openai.AzureOpenAI) -> None:
+    emulator.settings.slow_seconds = 0.3
+    start = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        azure.chat.completions.create(model=DEPLOYMENT, messages=_user("EMULATOR_FAULT:slow EMULATOR_FAULT:http_503"))
+    assert time.monotonic() - start >= 0.3
+    assert excinfo.value.status_code == 503
+
+
+def test_max_in_flight_tracks_concurrent_requests(emulator: AzureOpenAIEmulator, azure: openai.AzureOpenAI) -> None:
+    emulator.settings.latency_seconds = 0.5
+    workers = 4
+    start = threading.Barrier(workers)
+
+    def call(_: int) -> None:
+        start.wait()
+        azure.chat.completions.create(model=DEPLOYMENT, messages=_user(POSITIVE))
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(call, i) for i in range(workers)]
+        deadline = time.monotonic() + 5
+        while emulator.stats["in_flight"] < workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emulator.stats["in_flight"] == workers  # all held at once: the current count, live
+        for future in futures:
+            future.result()
+
+    stats = emulator.stats
+    assert stats["in_flight"] == 0  # a client holding its answer finds it counted and out of flight
+    assert stats["max_in_flight"] == workers
+    assert stats["requests"] == workers
+
+    azure.chat.completions.create(model=DEPLOYMENT, messages=_user(NEGATIVE))
+    assert emulator.stats["max_in_flight"] == workers  # a peak since start, not the last burst
+
+
+def test_stop_cuts_a_pending_delay_short() -> None:
+    settings = EmulatorSettings(api_key=API_KEY, latency_seconds=30)
+    emu = AzureOpenAIEmulator(settings).start()
+    client = _azure(emu)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model=DEPLOYMENT, messages=_user(POSITIVE))
+        except BaseException as exc:  # whatever the client makes of an answer cut short
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        deadline = time.monotonic() + 5
+        while emu.stats["in_flight"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emu.stats["in_flight"] == 1
+        started = time.monotonic()
+        emu.stop()
+        assert time.monotonic() - started < 5
+        caller.join(timeout=5)
+        assert not caller.is_alive()
+        assert emu.stats["in_flight"] == 0
+    finally:
+        emu.stop()
+        client.close()
+
+
+def test_reply_delay_is_the_latency_model() -> None:
+    reply = Reply(200, {})
+    slow_reply = Reply(200, {}, slow=True)
+
+    assert reply_delay(EmulatorSettings(), reply) == 0.0
+    assert reply_delay(EmulatorSettings(), slow_reply) == 2.0
+    assert reply_delay(EmulatorSettings(latency_seconds=0.25, slow_seconds=1.0), reply) == 0.25
+    assert reply_delay(EmulatorSettings(latency_seconds=0.25, slow_seconds=1.0), slow_reply) == 1.25
+    assert build_chat_reply({"messages": _user("x EMULATOR_FAULT:slow")}, DEPLOYMENT).slow is True
+    assert build_chat_reply({"messages": _user(POSITIVE)}, DEPLOYMENT).slow is False
+
+
+@pytest.mark.parametrize("field", ["latency_seconds", "slow_seconds"])
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+def test_delays_must_be_finite_and_non_negative(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        EmulatorSettings(**{field: value})
+
+
 def test_build_chat_reply_is_deterministic() -> None:
-    schema = openai.lib._parsing.type_to_response_format_param(Sentiment)
-    body = {"model": DEPLOYMENT, "messages": _user(POSITIVE), "response_format": schema}
+    body = {"model": DEPLOYMENT, "messages": _user(POSITIVE), "response_format": _response_format(Sentiment)}
 
     first = build_chat_reply(body, DEPLOYMENT)
     assert first == build_chat_reply(body, DEPLOYMENT)
@@ -341,7 +474,7 @@ def test_build_chat_reply_is_deterministic() -> None:
 
 
 def test_fill_schema_posts_with_integer_ids() -> None:
-    schema = openai.lib._parsing.type_to_response_format_param(BatchSentiment)["json_schema"]["schema"]
+    schema = _strict_schema(BatchSentiment)
     posts = json.dumps([{"id": 1, "content": POSITIVE}, {"id": 2, "content": NEGATIVE}])
 
     batch = BatchSentiment.model_validate(fill_schema(schema, posts))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -22,8 +20,7 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from social_enrich.definitions import build_definitions
-from social_enrich.devtools import azure_openai_emulator as emulator_module
-from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
+from social_enrich.devtools.azure_openai_emulator import FAULT_MARKER, AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider, AzureOpenAIResource
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
@@ -44,7 +41,12 @@ def post(text: str, key: int = 0, **extra: object) -> PostToScore:
 
 
 def fault(name: str) -> str:
-    return f"Just a regular post about the weekend. EMULATOR_FAULT:{name}"
+    return f"Just a regular post about the weekend. {FAULT_MARKER}{name}"
+
+
+def slow(text: str) -> str:
+    """``text`` with the emulator's marker for an answer held back by ``settings.slow_seconds``."""
+    return f"{text} {FAULT_MARKER}slow"
 
 
 def closed_port() -> int:
@@ -86,41 +88,6 @@ def provider_for(endpoint: str, workers: int = 4, timeout_seconds: float = 10) -
 @pytest.fixture
 def provider(emulator: AzureOpenAIEmulator, api_key: str) -> AzureOpenAIProvider:
     return provider_for(emulator.endpoint)
-
-
-class _InstrumentedHandler(emulator_module._Handler):
-    """The emulator's own request handler, plus an in-flight counter and a hold for posts marked SLOW.
-
-    The emulator keeps no in-flight count, so this counts chat requests between arrival and answer;
-    the hold makes requests overlap long enough that the count reflects the client's concurrency.
-    """
-
-    lock = threading.Lock()
-    in_flight = 0
-    peak = 0
-    hold_seconds = 0.0
-    slow_seconds = 0.0
-
-    def _handle_post(self, raw: bytes) -> emulator_module.Reply:
-        cls = type(self)
-        with cls.lock:
-            cls.in_flight += 1
-            cls.peak = max(cls.peak, cls.in_flight)
-        try:
-            time.sleep(cls.slow_seconds if b"SLOW" in raw else cls.hold_seconds)
-            return super()._handle_post(raw)
-        finally:
-            with cls.lock:
-                cls.in_flight -= 1
-
-
-@pytest.fixture
-def instrumented(emulator: AzureOpenAIEmulator) -> Iterator[type[_InstrumentedHandler]]:
-    handler = type("Handler", (_InstrumentedHandler,), {"lock": threading.Lock()})  # fresh counters per test
-    server = emulator._server
-    assert server is not None
-    server.RequestHandlerClass = handler  # socketserver builds one handler per connection from this attribute
-    yield handler
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,12 +165,10 @@ def test_answer_content_filter_is_filtered(provider: AzureOpenAIProvider):
     assert "content_filter" in result.error and "answer" in result.error
 
 
-def test_one_bad_post_fails_alone_and_order_is_kept(
-    provider: AzureOpenAIProvider, instrumented: type[_InstrumentedHandler]
-):
+def test_one_bad_post_fails_alone_and_order_is_kept(provider: AzureOpenAIProvider, emulator: AzureOpenAIEmulator):
     # The first post is held longest, so answers arrive out of input order.
-    instrumented.slow_seconds = 0.4
-    texts = [f"SLOW {POSITIVE}", NEGATIVE, fault("http_500"), POSITIVE, fault("content_filter"), NEGATIVE]
+    emulator.settings.slow_seconds = 0.4
+    texts = [slow(POSITIVE), NEGATIVE, fault("http_500"), POSITIVE, fault("content_filter"), NEGATIVE]
     finished: list[int] = []
 
     results = provider.score([post(t, i) for i, t in enumerate(texts)], progress=finished.append)
@@ -215,22 +180,23 @@ def test_one_bad_post_fails_alone_and_order_is_kept(
     assert finished == [1] * len(texts)
 
 
-def test_workers_bound_the_requests_in_flight(provider: AzureOpenAIProvider, instrumented: type[_InstrumentedHandler]):
-    instrumented.hold_seconds = 0.15
+def test_workers_bound_the_requests_in_flight(provider: AzureOpenAIProvider, emulator: AzureOpenAIEmulator):
+    # Every answer takes a while, so requests overlap as much as the provider lets them.
+    emulator.settings.latency_seconds = 0.15
     results = provider.score([post(POSITIVE if i % 2 else NEGATIVE, i) for i in range(16)])  # provider: workers=4
 
     assert all(r.status == "ok" for r in results)
-    assert instrumented.peak == 4  # never more than workers, and workers were actually used
-    assert instrumented.in_flight == 0
+    stats = emulator.stats
+    assert stats["max_in_flight"] == 4  # never more than workers, and workers were actually used
+    assert stats["in_flight"] == 0
+    assert stats["requests"] == 16
 
 
-def test_one_worker_sends_one_request_at_a_time(
-    emulator: AzureOpenAIEmulator, api_key: str, instrumented: type[_InstrumentedHandler]
-):
-    instrumented.hold_seconds = 0.05
+def test_one_worker_sends_one_request_at_a_time(emulator: AzureOpenAIEmulator, api_key: str):
+    emulator.settings.latency_seconds = 0.05
     results = provider_for(emulator.endpoint, workers=1).score([post(POSITIVE, i) for i in range(5)])
     assert [r.status for r in results] == ["ok"] * 5
-    assert instrumented.peak == 1
+    assert emulator.stats["max_in_flight"] == 1
 
 
 def test_connection_refused_fails_every_post_without_raising(api_key: str):
@@ -242,12 +208,10 @@ def test_connection_refused_fails_every_post_without_raising(api_key: str):
         assert API_KEY not in result.error
 
 
-def test_slow_answer_times_out_as_a_failed_post(
-    emulator: AzureOpenAIEmulator, api_key: str, instrumented: type[_InstrumentedHandler]
-):
-    instrumented.slow_seconds = 1.0
+def test_slow_answer_times_out_as_a_failed_post(emulator: AzureOpenAIEmulator, api_key: str):
+    emulator.settings.slow_seconds = 1.0
     provider = provider_for(emulator.endpoint, timeout_seconds=0.3)
-    results = provider.score([post(f"SLOW {POSITIVE}", 1), post(NEGATIVE, 2)])
+    results = provider.score([post(slow(POSITIVE), 1), post(NEGATIVE, 2)])
     assert results[0].status == "failed"
     assert "Timeout" in results[0].error
     assert results[1].status == "ok" and results[1].response.label == "negative"

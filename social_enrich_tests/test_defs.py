@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -74,3 +79,39 @@ def test_dagster_cli_materializes_partitions(catalog, seeded, state_home, tmp_pa
         assert len(runs) == 1  # a range runs as a single run (BackfillPolicy.single_run)
         materialized = instance.get_materialized_partitions(dg.AssetKey("social_media_sentiment"))
         assert sorted(materialized) == days
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dagster_dev_serves_the_assets_with_their_partitions(state_home, tmp_path):
+    """`dagster dev` in the repo (workspace.yaml) answers GraphQL with the gold assets and the daily partitions."""
+    port = free_port()
+    env = {**os.environ, "SOCIAL_ENRICH_HOME": str(state_home), "DAGSTER_HOME": str(tmp_path)}
+    dagster = str(Path(sys.executable).parent / "dagster")
+    # A new session, so the whole process group (webserver + code server + daemon) can be stopped.
+    server = subprocess.Popen([dagster, "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    query = b'{"query": "{ assetNodes { assetKey { path } isObservable partitionKeys } }"}'
+    nodes = None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not nodes:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    nodes = json.load(answer).get("data", {}).get("assetNodes")
+            except OSError:
+                time.sleep(1)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)
+    assert nodes, "dagster dev did not answer within 90 s"
+    by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+    assert by_key["gold/fact_social_media_reaction_post"]["isObservable"]
+    assert by_key["gold/dim_post_details"]["isObservable"]
+    partitions = by_key["social_media_sentiment"]["partitionKeys"]
+    assert partitions[0] == "2026-11-01" and len(partitions) >= 7

@@ -11,15 +11,20 @@ from VADER, everything else from a generic JSON-schema walker:
 * the first top-level array-of-objects property gets one item per post when the last user message
   is JSON carrying a list of posts with ``id``s; each item echoes its post's ``id``.
 
-Layout, so later features (rate limits, latency, batch API) have an obvious home:
+Layout, so later features (rate limits, batch API) have an obvious home:
 
 * :class:`EmulatorSettings` - server-wide knobs.
 * :func:`build_chat_reply` - pure function: request body -> :class:`Reply` (status, JSON, headers).
-* :class:`_Handler` - HTTP plumbing: routing, auth, deployment lookup, stats.
-* :class:`AzureOpenAIEmulator` - runs the server on a daemon thread; context manager.
+* :func:`reply_delay` - pure function: how long to hold a reply before sending it (the latency model).
+* :class:`_Handler` - HTTP plumbing: routing, auth, deployment lookup, latency, stats.
+* :class:`AzureOpenAIEmulator` - runs the server on a daemon thread; context manager.  Its
+  :attr:`~AzureOpenAIEmulator.stats` count requests, statuses and tokens, and the chat requests
+  in flight now (``in_flight``) and at most at once since the emulator was created (``max_in_flight``).
 
 Fault injection: put ``EMULATOR_FAULT:<name>`` anywhere in a user message, where name is one of
-``http_500``, ``http_503``, ``invalid_json``, ``content_filter``, ``finish_content_filter``.
+``http_500``, ``http_503``, ``invalid_json``, ``content_filter``, ``finish_content_filter`` (these
+change the answer; the first one wins) or ``slow`` (answers normally, ``slow_seconds`` late; combines
+with any of the others).
 
 Run standalone::
 
@@ -38,6 +43,8 @@ import socketserver
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,11 +58,16 @@ __all__ = [
     "build_chat_reply",
     "error_reply",
     "fill_schema",
+    "reply_delay",
     "FAULT_MARKER",
 ]
 
 FAULT_MARKER = "EMULATOR_FAULT:"
-KNOWN_FAULTS = ("http_500", "http_503", "invalid_json", "content_filter", "finish_content_filter")
+# Faults that change what is answered; at most one applies (the first in the user messages).
+ANSWER_FAULTS = ("http_500", "http_503", "invalid_json", "content_filter", "finish_content_filter")
+# Faults that only change when it is answered; they combine with an answer fault.
+TIMING_FAULTS = ("slow",)
+KNOWN_FAULTS = ANSWER_FAULTS + TIMING_FAULTS
 
 # Plausible Azure quota numbers; real throttling arrives with the rate-limit feature.
 _REQUEST_LIMIT = 1_000
@@ -68,10 +80,23 @@ _FAULT_RE = re.compile(re.escape(FAULT_MARKER) + r"([A-Za-z0-9_]+)")
 
 @dataclass
 class EmulatorSettings:
+    """Server-wide knobs.  Read on every request, so a test may change fields of a running emulator."""
+
     api_key: str = "test-key"
     deployments: tuple[str, ...] = ("gpt-4o-mini",)
     # When set, every chat request fails with this HTTP status (after routing, before auth).
     fail_all_with: int | None = None
+    # Latency model, applied by reply_delay() to every chat request, whatever its answer.  For now a
+    # fixed base delay; per-token and jitter terms are meant to join it as latency_* fields.
+    latency_seconds: float = 0.0
+    # Extra delay for a request carrying EMULATOR_FAULT:slow, on top of the latency model.
+    slow_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("latency_seconds", "slow_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass
@@ -83,6 +108,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The request asked for EMULATOR_FAULT:slow: hold the reply for settings.slow_seconds more.
+    slow: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,9 +501,19 @@ def build_chat_reply(
 
     user_texts = _user_texts(messages)
     faults = _FAULT_RE.findall("\n".join(user_texts))
-    fault = faults[0] if faults else None
-    if fault is not None and fault not in KNOWN_FAULTS:
-        return error_reply(400, "BadRequest", f"Unknown emulator fault {fault!r}; known: {', '.join(KNOWN_FAULTS)}.")
+    unknown = next((f for f in faults if f not in KNOWN_FAULTS), None)
+    if unknown is not None:
+        return error_reply(400, "BadRequest", f"Unknown emulator fault {unknown!r}; known: {', '.join(KNOWN_FAULTS)}.")
+    answer_fault = next((f for f in faults if f in ANSWER_FAULTS), None)
+    reply = _chat_reply(body, deployment, user_texts, answer_fault, completion_id=completion_id, created=created)
+    reply.slow = "slow" in faults
+    return reply
+
+
+def _chat_reply(
+    body: dict[str, Any], deployment: str, user_texts: list[str], fault: str | None, *, completion_id: str, created: int
+) -> Reply:
+    messages = body["messages"]
     if fault == "http_500":
         return error_reply(500)
     if fault == "http_503":
@@ -536,6 +573,18 @@ def _answer_content(response_format: Any, post_text: str) -> str:
     return f"The sentiment is {sentiment.label} (VADER compound {sentiment.compound:+.4f})."
 
 
+def reply_delay(settings: EmulatorSettings, reply: Reply) -> float:
+    """Seconds to hold ``reply`` before sending it: the latency model, plus ``slow_seconds`` if asked.
+
+    Pure, so the latency model can grow (per-token cost from ``reply.completion_tokens``, jitter from a
+    seeded RNG) without touching the HTTP plumbing.
+    """
+    delay = settings.latency_seconds
+    if reply.slow:
+        delay += settings.slow_seconds
+    return max(0.0, delay)
+
+
 # --------------------------------------------------------------------------------------------
 # HTTP plumbing
 # --------------------------------------------------------------------------------------------
@@ -569,11 +618,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self._read_body()
-        try:
-            reply = self._handle_post(raw)
-        except Exception as exc:  # an emulator bug should surface as a 500, not a dropped connection
-            reply = error_reply(500, "EmulatorError", f"{type(exc).__name__}: {exc}")
-        self._send(reply)
+        emulator = self.server.emulator
+        with emulator.request_in_flight():
+            try:
+                reply = self._handle_post(raw)
+            except Exception as exc:  # an emulator bug should surface as a 500, not a dropped connection
+                reply = error_reply(500, "EmulatorError", f"{type(exc).__name__}: {exc}")
+            delay = reply_delay(emulator.settings, reply)
+            if delay > 0:
+                self.server.stopping.wait(delay)  # stop() cuts the wait short
+            # Counted, and out of flight, before the client can see the answer: a client that has
+            # its answer always finds it in the stats.
+            emulator.record(reply)
+        self._send(reply, count=False)
 
     def do_PUT(self) -> None:
         self._read_body()
@@ -646,10 +703,14 @@ class _Handler(BaseHTTPRequestHandler):
             "x-ratelimit-remaining-tokens": str(_TOKEN_LIMIT - tokens),
             **reply.headers,
         }
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (e.g. its timeout beat a slow answer): nothing to tell it.
+            self.close_connection = True
 
 
 class _EmulatorHTTPServer(ThreadingHTTPServer):
@@ -662,6 +723,7 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._no_connections = threading.Condition(self._connections_lock)
+        self.stopping = threading.Event()  # set by close_connections(); ends any reply delay early
         super().__init__(address, _Handler)
 
     def track(self, conn: socket.socket) -> None:
@@ -682,7 +744,9 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         """Unblock idle keep-alive handlers so each closes its own socket, then wait for them.
 
         Only the read side is shut: a handler mid-request still writes its answer, then sees EOF.
+        A handler holding its answer back (latency, ``slow``) sends it at once.
         """
+        self.stopping.set()
         with self._connections_lock:
             for conn in list(self._connections):
                 try:
@@ -710,6 +774,8 @@ class AzureOpenAIEmulator:
         self._by_status: dict[int, int] = {}
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._server: _EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -756,14 +822,30 @@ class AzureOpenAIEmulator:
             self._prompt_tokens += reply.prompt_tokens
             self._completion_tokens += reply.completion_tokens
 
+    @contextmanager
+    def request_in_flight(self) -> Iterator[None]:
+        """Count a chat request as in flight for the duration of the block."""
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
     @property
     def stats(self) -> dict[str, Any]:
+        """A consistent snapshot.  ``in_flight``: chat requests received and not yet answered;
+        ``max_in_flight``: the most there have been at once since the emulator was created."""
         with self._lock:
             return {
                 "requests": self._requests,
                 "by_status": dict(self._by_status),
                 "prompt_tokens": self._prompt_tokens,
                 "completion_tokens": self._completion_tokens,
+                "in_flight": self._in_flight,
+                "max_in_flight": self._max_in_flight,
             }
 
     def stats_json(self) -> dict[str, Any]:
@@ -788,13 +870,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=EmulatorSettings.api_key)
     parser.add_argument("--deployment", action="append", help="repeatable; default gpt-4o-mini")
     parser.add_argument("--fail-all-with", type=int, default=None, help="HTTP status for every chat request")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=EmulatorSettings.latency_seconds, help="delay before every answer"
+    )
+    parser.add_argument(
+        "--slow-seconds", type=float, default=EmulatorSettings.slow_seconds, help="extra delay for EMULATOR_FAULT:slow"
+    )
     args = parser.parse_args(argv)
 
-    settings = EmulatorSettings(
-        api_key=args.api_key,
-        deployments=tuple(args.deployment) if args.deployment else EmulatorSettings.deployments,
-        fail_all_with=args.fail_all_with,
-    )
+    try:
+        settings = EmulatorSettings(
+            api_key=args.api_key,
+            deployments=tuple(args.deployment) if args.deployment else EmulatorSettings.deployments,
+            fail_all_with=args.fail_all_with,
+            latency_seconds=args.latency_seconds,
+            slow_seconds=args.slow_seconds,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     # SIGTERM takes the same clean path as Ctrl-C, so the socket is closed properly.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with AzureOpenAIEmulator(settings, host=args.host, port=args.port) as emulator:
