@@ -20,6 +20,7 @@ from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaE
 from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, open_target, write_day
 
 PROGRESS_EVERY_SECONDS = 10.0
+CHUNK_POSTS = 10_000  # posts held as Python objects at once
 
 
 class PartitionFailedError(RuntimeError):
@@ -75,6 +76,8 @@ class _ProgressLog:
         self.started = self.last = time.monotonic()
 
     def __call__(self, finished: int) -> None:
+        if not finished:
+            return
         self.done += finished
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SECONDS or self.done == self.total:
@@ -96,19 +99,25 @@ def _row_problem(job: JobConfig, value: Any) -> str | None:
     return None
 
 
-def score_posts(job: JobConfig, provider: Provider, posts: PartitionPosts, log: logging.Logger) -> tuple[list[str], list[ScoreResult]]:
-    """Hash what is sent per post, score the valid posts, and return hashes and results in post order."""
-    table = posts.posts
-    send = fields_to_send(job, table.column_names)
+def check_fields(job: JobConfig, columns: list[str]) -> list[str]:
+    """The fields to send, after checking that every configured field exists in the joined sources."""
     text_field = job.inference.text_field
-    if text_field is not None and text_field not in table.column_names:
-        raise SourceSchemaError(f"{job.path}: inference.text_field '{text_field}' is in no source table {table.column_names}")
-    keys = table[job.index_field].to_pylist()
-    texts = table[text_field].to_pylist() if text_field else [None] * len(keys)
+    if text_field is not None and text_field not in columns:
+        raise SourceSchemaError(f"{job.path}: inference.text_field '{text_field}' is in no source table {columns}")
+    return fields_to_send(job, columns)
+
+
+def score_posts(
+    job: JobConfig, provider: Provider, posts: pa.Table, send: list[str], progress: _ProgressLog, log: logging.Logger
+) -> tuple[list[str], list[ScoreResult]]:
+    """Hash what is sent per post, score the valid posts, and return hashes and results in post order."""
+    keys = posts[job.index_field].to_pylist()
+    text_field = job.inference.text_field
+    texts = posts[text_field].to_pylist() if text_field else [None] * len(keys)
     hashes: list[str] = []
     results: list[ScoreResult | None] = []
     to_score: list[PostToScore] = []
-    for key, fields, text in zip(keys, table.select(send).to_pylist(), texts):
+    for key, fields, text in zip(keys, posts.select(send).to_pylist(), texts):
         hashes.append(input_hash(fields))
         problem = _row_problem(job, text)
         if problem:
@@ -116,12 +125,13 @@ def score_posts(job: JobConfig, provider: Provider, posts: PartitionPosts, log: 
         else:
             to_score.append(PostToScore(key=key, fields=fields, text=text))
         results.append(ScoreResult.failed(problem) if problem else None)
-    scored = iter(provider.score(to_score, progress=_ProgressLog(log, len(to_score))))
+    progress(len(keys) - len(to_score))
+    scored = iter(provider.score(to_score, progress=progress))
     return hashes, [result or next(scored) for result in results]
 
 
 def result_rows(
-    job: JobConfig, day: dt.date, model: str, posts: PartitionPosts, hashes: list[str], results: list[ScoreResult]
+    job: JobConfig, day: dt.date, model: str, keys: pa.Array, updated: pa.Array, hashes: list[str], results: list[ScoreResult]
 ) -> pa.Table:
     response_names = list(job.response_model.model_fields)
     columns: dict[str, list[Any]] = {name: [] for name in response_names}
@@ -134,18 +144,37 @@ def result_rows(
     written_at = dt.datetime.now(dt.timezone.utc)
     return pa.table(
         {
-            job.connector.target.index_field: posts.posts[job.index_field],
+            job.connector.target.index_field: keys,
             **columns,
             "model": [model] * n,
             "prompt_version": [job.inference.prompt_version] * n,
             "input_hash": hashes,
             "status": [r.status for r in results],
             "error": [r.error for r in results],
-            "source_update_time": posts.source_update_time,
+            "source_update_time": updated,
             PARTITION_DATE: pa.array([day] * n, pa.date32()),
             job.connector.target.datetime_field: pa.array([written_at] * n, pa.timestamp("us", tz="UTC")),
         }
     )
+
+
+def score_partition(
+    job: JobConfig, provider: Provider, day: dt.date, posts: PartitionPosts, report: EnrichmentReport, log: logging.Logger
+) -> pa.Table:
+    """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows."""
+    send = check_fields(job, posts.posts.column_names)
+    progress = _ProgressLog(log, posts.posts.num_rows)
+    counts_labels = "label" in job.response_model.model_fields
+    chunks = []
+    for start in range(0, max(posts.posts.num_rows, 1), CHUNK_POSTS):
+        chunk = posts.posts.slice(start, CHUNK_POSTS)
+        hashes, results = score_posts(job, provider, chunk, send, progress, log)
+        report.statuses.update(r.status for r in results)
+        if counts_labels:
+            report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
+        updated = posts.source_update_time.slice(start, CHUNK_POSTS)
+        chunks.append(result_rows(job, day, provider.model_id, chunk[job.index_field], updated, hashes, results))
+    return pa.concat_tables(chunks)
 
 
 def enrich_partition(
@@ -165,12 +194,8 @@ def enrich_partition(
         capped=posts.capped,
     )
     log.info("%s: %d posts touched on %s", job.name, report.posts, day)
-    hashes, results = score_posts(job, provider, posts, log)
+    rows = score_partition(job, provider, day, posts, report, log)
     scored = time.perf_counter()
-    rows = result_rows(job, day, provider.model_id, posts, hashes, results)
-    report.statuses.update(r.status for r in results)
-    if "label" in job.response_model.model_fields:
-        report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
     first_source = job.connector.source.tables[0].identifier
     index_type = catalog.load_table(first_source).schema().find_field(job.index_field).field_type
     target = open_target(catalog, job, index_type, drop=drop)
