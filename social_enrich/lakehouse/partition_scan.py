@@ -125,6 +125,35 @@ def _latest_per_key(rows: pa.Table, key: str, updated: str) -> pa.Table:
     return rows.filter(pa.concat_arrays([pa.array([True]), first_of_group.fill_null(True)]))
 
 
+def _touched_keys(table: Table, ref: TableRef, key: str, day: dt.date, stats: SourceStats, log: logging.Logger) -> pa.Array:
+    """The index values of the rows whose datetime falls on the day; null keys are counted and named."""
+    window = day_window(ref.datetime_field, table.schema().find_field(ref.datetime_field).field_type, day)
+    rows = table.scan(row_filter=window, selected_fields=(key, ref.datetime_field)).to_arrow()
+    column = rows[key].combine_chunks()
+    stats.touched_rows = len(column)
+    if column.null_count:
+        stats.null_keys = column.null_count
+        when = rows.filter(pc.is_null(column))[ref.datetime_field].to_pylist()[:5]
+        log.warning(
+            "%s: %d rows touched on %s have a null %s and were skipped (their %s: %s)",
+            ref.identifier, column.null_count, day, key, ref.datetime_field, ", ".join(map(str, when)),
+        )
+    return column.drop_null()
+
+
+def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, updated: str, stats: SourceStats) -> pa.Table:
+    """Every version of the given posts, reduced to each post's latest, with its time as ``updated``."""
+    key_range = _key_range(keys, key)
+    scan = table.scan(row_filter=key_range) if key_range is not None else table.scan()
+    reader = scan.to_arrow_batch_reader()
+    rows = pa.Table.from_batches([batch.filter(pc.is_in(batch[key], value_set=keys)) for batch in reader], schema=reader.schema)
+    stats.version_rows = rows.num_rows
+    times = to_utc_timestamps(rows[ref.datetime_field], f"{ref.identifier}.{ref.datetime_field}")
+    latest = _latest_per_key(rows.append_column(updated, times), key, updated)
+    stats.versions_collapsed = rows.num_rows - latest.num_rows
+    return latest
+
+
 def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.Logger | None = None) -> PartitionPosts:
     log = log or logging.getLogger(__name__)
     refs = job.connector.source.tables
@@ -135,25 +164,11 @@ def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.
     key_types = {ref.identifier: t.schema().find_field(key).field_type for t, ref in zip(tables, refs)}
     if len({str(v) for v in key_types.values()}) > 1:
         raise SourceSchemaError(f"index field '{key}' has different types across sources: {key_types}")
-
     stats = {ref.identifier: SourceStats() for ref in refs}
 
     # 1. The posts touched on the day in any source.
-    touched = []
-    for table, ref in zip(tables, refs):
-        window = day_window(ref.datetime_field, table.schema().find_field(ref.datetime_field).field_type, day)
-        rows = table.scan(row_filter=window, selected_fields=(key, ref.datetime_field)).to_arrow()
-        column = rows[key].combine_chunks()
-        stats[ref.identifier].touched_rows = len(column)
-        if column.null_count:
-            stats[ref.identifier].null_keys = column.null_count
-            when = rows.filter(pc.is_null(column))[ref.datetime_field].to_pylist()[:5]
-            log.warning(
-                "%s: %d rows touched on %s have a null %s and were skipped (their %s: %s)",
-                ref.identifier, column.null_count, day, key, ref.datetime_field, ", ".join(map(str, when)),
-            )
-        touched.append(column.drop_null())
-    keys = pc.unique(pa.concat_arrays(touched)).sort() if touched else pa.array([])
+    touched = [_touched_keys(t, ref, key, day, stats[ref.identifier], log) for t, ref in zip(tables, refs)]
+    keys = pc.unique(pa.concat_arrays(touched)).sort()
     capped = 0
     cap = job.connector.source.max_records
     if cap is not None and len(keys) > cap:
@@ -161,33 +176,18 @@ def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.
         log.info("max_records=%d: scoring %d of %d touched posts; %d left for a later run", cap, cap, len(keys), capped)
         keys = keys.slice(0, cap)
 
-    # 2. Each touched post's latest row in every source, whatever day it was written.
+    # 2. Each touched post's latest row in every source, whatever day it was written, joined on the index.
     posts = pa.table({key: keys})
-    seen_columns = {key}
     updated_columns = []
-    key_range = _key_range(keys, key)
     for table, ref in zip(tables, refs):
-        source = ref.identifier
-        scan = table.scan(row_filter=key_range) if key_range is not None else table.scan()
-        reader = scan.to_arrow_batch_reader()
-        matches = [batch.filter(pc.is_in(batch[key], value_set=keys)) for batch in reader]
-        rows = pa.Table.from_batches(matches, schema=reader.schema)
-        stats[source].version_rows = rows.num_rows
-        updated = f"__updated_{len(updated_columns)}"
-        where = f"{source}.{ref.datetime_field}"
-        rows = rows.append_column(updated, to_utc_timestamps(rows[ref.datetime_field], where))
-        latest = _latest_per_key(rows, key, updated)
-        stats[source].versions_collapsed = rows.num_rows - latest.num_rows
-
+        updated = "__updated"
+        latest = _latest_rows(table, ref, key, keys, updated, stats[ref.identifier])
         # Align to the touched keys; a post missing from this source gets nulls.
-        positions = pc.index_in(keys, value_set=latest[key])
-        aligned = latest.take(positions)
+        aligned = latest.take(pc.index_in(keys, value_set=latest[key]))
         updated_columns.append(aligned[updated].combine_chunks())
         for name in aligned.column_names:
-            if name in seen_columns or name == updated:
-                continue  # the first source that has a column wins; the index is shared
-            posts = posts.append_column(name, aligned[name])
-            seen_columns.add(name)
+            if name not in posts.column_names and name != updated:  # the first source with a column wins
+                posts = posts.append_column(name, aligned[name])
 
     # max_element_wise has no timestamp kernel: compare the underlying microseconds.
     micros = [c.cast(pa.int64()) for c in updated_columns]
