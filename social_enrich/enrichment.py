@@ -51,14 +51,14 @@ class EnrichmentReport:
 
 
 def fields_to_send(job: JobConfig, columns: list[str]) -> list[str]:
+    """The fields sent to the model, after checking that every configured field is in the joined sources."""
     inference = job.inference
-    if inference.include_fields is not None:
-        missing = [f for f in inference.include_fields if f not in columns]
+    named = {"text_field": [inference.text_field] if inference.text_field else [], "include_fields": inference.include_fields or []}
+    for setting, fields in named.items():
+        missing = [f for f in fields if f not in columns]
         if missing:
-            raise SourceSchemaError(f"{job.path}: inference.include_fields {missing} are in no source table {columns}")
-        chosen = list(inference.include_fields)
-    else:
-        chosen = list(columns)
+            raise SourceSchemaError(f"{job.path}: inference.{setting} {missing} not in any source table; they have {columns}")
+    chosen = inference.include_fields if inference.include_fields is not None else columns
     return [c for c in chosen if c not in set(inference.exclude_fields)]
 
 
@@ -97,14 +97,6 @@ def _row_problem(job: JobConfig, value: Any) -> str | None:
     if not isinstance(value, str):
         return f"{name} is not text ({type(value).__name__})"
     return None
-
-
-def check_fields(job: JobConfig, columns: list[str]) -> list[str]:
-    """The fields to send, after checking that every configured field exists in the joined sources."""
-    text_field = job.inference.text_field
-    if text_field is not None and text_field not in columns:
-        raise SourceSchemaError(f"{job.path}: inference.text_field '{text_field}' is in no source table {columns}")
-    return fields_to_send(job, columns)
 
 
 def score_posts(
@@ -162,7 +154,7 @@ def score_partition(
     job: JobConfig, provider: Provider, day: dt.date, posts: PartitionPosts, report: EnrichmentReport, log: logging.Logger
 ) -> pa.Table:
     """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows."""
-    send = check_fields(job, posts.posts.column_names)
+    send = fields_to_send(job, posts.posts.column_names)
     progress = _ProgressLog(log, posts.posts.num_rows)
     counts_labels = "label" in job.response_model.model_fields
     chunks = []

@@ -136,7 +136,7 @@ def test_source_missing_a_field_fails_clearly_and_leaves_the_target_as_it_was(ca
     result = materialize_day(instance, seeded.days[1].isoformat(), defs=defs, raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "inference.text_field 'body_text' is in no source table" in failure.step_failure_data.error.cause.message
+    assert "inference.text_field ['body_text'] not in any source table" in failure.step_failure_data.error.cause.message
     assert load_table(catalog, TARGET).current_snapshot().snapshot_id == before
 
 

@@ -129,3 +129,19 @@ def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job
     assert report.statuses == {"failed": 1}
     (row,) = catalog.load_table("enriched.social_media_sentiment").scan().to_arrow().to_pylist()
     assert row["id"] == 1 and row["status"] == "failed" and row["error"] == "body is not text (int)"
+
+
+def test_progress_is_logged_with_rate_and_eta(catalog, sentiment_job, reactions_and_texts, caplog, monkeypatch):
+    from social_enrich import enrichment
+    from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
+    from social_enrich.inference.response_models import Sentiment
+
+    monkeypatch.setattr(enrichment, "PROGRESS_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(enrichment, "CHUNK_POSTS", 1)  # one post per chunk: progress after each
+    job = job_for(sentiment_job, reactions_and_texts, text_field="body", exclude_fields=[])
+    with caplog.at_level(logging.INFO):
+        report = enrichment.enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment), log=logging.getLogger("t"))
+    assert report.statuses == {"ok": 2}
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scored ")]
+    assert [line.split(" (")[0] for line in lines] == ["scored 1/2 posts", "scored 2/2 posts"]
+    assert all("posts/s, ETA" in line for line in lines)
