@@ -2,9 +2,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
+from decimal import Decimal
 
 import pytest
-from pyiceberg.types import DateType, LongType, StringType, TimestampType, TimestamptzType
+from pyiceberg.types import (
+    DateType,
+    DecimalType,
+    ListType,
+    LongType,
+    NestedField,
+    StringType,
+    StructType,
+    TimestampType,
+    TimestamptzType,
+    UUIDType,
+)
 
 from social_enrich.config import JobConfig
 from social_enrich.lakehouse.partition_scan import SourceSchemaError, read_partition
@@ -98,6 +111,34 @@ def test_any_index_and_datetime_types(catalog, sentiment_job, index_type, keys, 
     assert result.posts["id"].to_pylist() == [keys[0]]
     assert result.posts["text"].to_pylist() == [f"post {keys[0]}"]
     assert result.source_update_time[0].as_py().date() == D2
+
+
+def test_uuid_and_decimal_keys_with_nested_columns_are_scored_and_moved_between_days(catalog, sentiment_job):
+    """Keys of types Arrow kernels handle specially, and list/struct columns sent to the model, end to end."""
+    from social_enrich.enrichment import enrich_partition
+    from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
+    from social_enrich.inference.response_models import Sentiment
+
+    provider = LocalProvider(VaderSentimentModel(), Sentiment)
+    tags = ListType(10, StringType(), element_required=False)
+    meta = StructType(NestedField(20, "shares", LongType(), required=False))
+    for key_type, keys in [(UUIDType(), [uuid.uuid4(), uuid.uuid4()]), (DecimalType(10, 2), [Decimal("1.50"), Decimal("2.25")])]:
+        name = str(key_type).split("(")[0]
+        table = create_table(catalog, f"gold.posts_{name}", [("k", key_type), ("body", StringType()), ("tags", tags), ("meta", meta), ("at", TimestamptzType())])
+        at = lambda day: dt.datetime.combine(day, dt.time(9), tzinfo=UTC)  # noqa: E731
+        append_rows(table, [{"k": k, "body": "I love it", "tags": ["a"], "meta": {"shares": 1}, "at": at(D1)} for k in keys])
+        append_rows(table, [{"k": keys[0], "body": "I hate it now", "tags": [], "meta": {"shares": 2}, "at": at(D2)}])
+        raw = job_for(sentiment_job, [{"database": "gold", "table": f"posts_{name}", "datetime_field": "at", "index_field": "k"}],
+                      text_field="body", exclude_fields=[]).model_dump()
+        raw["connector"]["target"].update(index_field="k", table=f"scores_{name}")
+        job = JobConfig.model_validate(raw)
+        assert enrich_partition(job, D1, catalog, provider).statuses == {"ok": 2}
+        report = enrich_partition(job, D2, catalog, provider)
+        assert report.write.moved_from_other_days == 1
+        rows = {r["k"]: r for r in catalog.load_table(f"enriched.scores_{name}").scan().to_arrow().to_pylist()}
+        assert sorted(rows, key=str) == sorted(keys, key=str)
+        assert rows[keys[0]]["label"] == "negative" and rows[keys[0]]["partition_date"] == D2
+        assert rows[keys[1]]["label"] == "positive" and rows[keys[1]]["partition_date"] == D1
 
 
 def test_missing_configured_field_names_table_and_setting(catalog, sentiment_job, reactions_and_texts):

@@ -28,6 +28,7 @@ from pyiceberg.types import (
 
 from social_enrich.config import JobConfig, TableRef
 from social_enrich.lakehouse.catalog import load_table
+from social_enrich.lakehouse.keys import plain, plain_type
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 NAIVE_TIMESTAMPS = (TimestampType, TimestampNanoType)
@@ -129,7 +130,7 @@ def _touched_keys(table: Table, ref: TableRef, key: str, day: dt.date, stats: So
     """The index values of the rows whose datetime falls on the day; null keys are counted and named."""
     window = day_window(ref.datetime_field, table.schema().find_field(ref.datetime_field).field_type, day)
     rows = table.scan(row_filter=window, selected_fields=(key, ref.datetime_field)).to_arrow()
-    column = rows[key].combine_chunks()
+    column = plain(rows[key])
     stats.touched_rows = len(column)
     if column.null_count:
         stats.null_keys = column.null_count
@@ -146,7 +147,13 @@ def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, updated:
     key_range = _key_range(keys, key)
     scan = table.scan(row_filter=key_range) if key_range is not None else table.scan()
     reader = scan.to_arrow_batch_reader()
-    rows = pa.Table.from_batches([batch.filter(pc.is_in(batch[key], value_set=keys)) for batch in reader], schema=reader.schema)
+    position = reader.schema.get_field_index(key)
+    matches = []
+    for batch in reader:
+        batch = batch.set_column(position, key, plain(batch[key]))
+        matches.append(batch.filter(pc.is_in(batch[key], value_set=keys)))
+    schema = reader.schema.set(position, pa.field(key, plain_type(reader.schema.field(key).type)))
+    rows = pa.Table.from_batches(matches, schema=schema)
     stats.version_rows = rows.num_rows
     times = to_utc_timestamps(rows[ref.datetime_field], f"{ref.identifier}.{ref.datetime_field}")
     latest = _latest_per_key(rows.append_column(updated, times), key, updated)

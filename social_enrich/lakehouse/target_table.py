@@ -3,8 +3,9 @@
 Every row carries ``partition_date``, the daily partition that last wrote it, and the table is
 partitioned by it (then by the job's ``partition_by`` transforms of the write time). Writing day D:
 1. find which *other* days currently hold the posts being written (one key column read, pyarrow
-   ``is_in``; no Iceberg ``In`` over the whole table);
-2. in one transaction, delete those posts from those days only and overwrite day D.
+   ``is_in``; no Iceberg ``In`` of keys over the whole table);
+2. in one transaction, drop the partitions of D and of those days, and append D's rows plus those
+   days' rows without the moved posts.
 So a post has one row, a re-run replaces rather than adds, and the files rewritten are those of
 the days involved, never the whole table.
 """
@@ -14,14 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
-from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
+from pyiceberg.expressions import In, NotEqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -38,6 +38,7 @@ from pyiceberg.types import (
 )
 
 from social_enrich.config import JobConfig
+from social_enrich.lakehouse.keys import plain
 
 PARTITION_DATE = "partition_date"
 TRANSFORMS = {"year": YearTransform(), "month": MonthTransform(), "day": DayTransform(), "hour": HourTransform()}
@@ -165,17 +166,22 @@ def write_day(table: Table, job: JobConfig, day: dt.date, rows: pa.Table) -> Wri
     """Replace day's rows with ``rows`` and remove the same posts from any other day, in one commit."""
     index = job.connector.target.index_field
     rows = conform(rows, table)
-    keys = rows[index].combine_chunks()
+    keys = plain(rows[index])
     elsewhere = table.scan(row_filter=NotEqualTo(PARTITION_DATE, day.isoformat()), selected_fields=(index, PARTITION_DATE))
     held = elsewhere.to_arrow()
-    moved = held.filter(pc.is_in(held[index], value_set=keys))
+    moved = held.filter(pc.is_in(plain(held[index]), value_set=keys))
+    # The other days that held some of these posts are rewritten without them. Whole day partitions
+    # are replaced, so pyiceberg drops files by partition and never evaluates a key predicate.
+    other_days = sorted(set(moved[PARTITION_DATE].to_pylist()))
+    if other_days:
+        old = table.scan(row_filter=In(PARTITION_DATE, [d.isoformat() for d in other_days])).to_arrow()
+        rows = pa.concat_tables([rows, old.filter(pc.invert(pc.is_in(plain(old[index]), value_set=keys)))])
+    replaced = [d.isoformat() for d in [day, *other_days]]
     with warnings.catch_warnings():
-        # An overwrite of a day with no rows yet is expected, not worth a warning.
+        # Replacing a day that has no rows yet is expected, not worth a warning.
         warnings.filterwarnings("ignore", message="Delete operation did not match any records")
         with table.transaction() as tx:
-            if moved.num_rows:
-                days: list[Any] = [d.isoformat() for d in pc.unique(moved[PARTITION_DATE]).to_pylist()]
-                tx.delete(And(In(PARTITION_DATE, days), In(index, pc.unique(moved[index]).to_pylist())))
-            tx.overwrite(rows, overwrite_filter=EqualTo(PARTITION_DATE, day.isoformat()))
+            tx.delete(In(PARTITION_DATE, replaced))
+            tx.append(rows)
     snapshot = table.current_snapshot()
-    return WriteStats(rows.num_rows, moved.num_rows, snapshot.snapshot_id if snapshot else None)
+    return WriteStats(len(keys), moved.num_rows, snapshot.snapshot_id if snapshot else None)
