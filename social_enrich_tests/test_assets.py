@@ -165,3 +165,29 @@ def test_a_day_without_posts_materializes_empty(catalog, seeded, instance):
     meta = materialization_metadata(materialize_day(instance, "2026-11-20"))
     assert meta["posts_touched"] == 0 and meta["dagster/partition_row_count"] == 0
     assert target_rows(catalog).num_rows == before
+
+
+def test_a_target_with_another_schema_is_refused_until_dropped(catalog, seeded, instance, tmp_path):
+    from social_enrich.definitions import build_definitions
+    from social_enrich.environment import BUILTIN_JOBS_DIR
+
+    materialize_day(instance, seeded.days[0].isoformat())
+    before = load_table(catalog, TARGET).current_snapshot().snapshot_id
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir()
+    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
+    text = text.replace("response_format: sentiment", "response_format: social_enrich_tests.second_job:PostTopic")
+    text = text.replace("local_model: vader", "local_model: social_enrich_tests.second_job:KeywordTopicModel")
+    (job_dir / "sentiment.yaml").write_text(text)
+    defs = build_definitions([job_dir])
+
+    result = materialize_day(instance, seeded.days[1].isoformat(), defs=defs, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.cause.message
+    assert "does not match job 'sentiment'" in message and "missing column topic (string)" in message
+    assert "unexpected column label" in message and "drop: true" in message
+    assert load_table(catalog, TARGET).current_snapshot().snapshot_id == before
+
+    assert materialize_day(instance, seeded.days[1].isoformat(), defs=defs, run_config=drop_config()).success
+    assert "topic" in load_table(catalog, TARGET).schema().column_names
