@@ -10,7 +10,7 @@ import warnings
 from collections import Counter
 
 import dagster as dg
-import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
 
 from social_enrich import demo
 from social_enrich.config import JobConfig, discover_job_configs
@@ -38,8 +38,7 @@ def find_job(name: str) -> JobConfig:
     return jobs[name]
 
 
-def seed(job: JobConfig, posts: int, days: int) -> demo.DemoSummary:
-    catalog = open_catalog(job.connector)
+def seed(catalog: Catalog, job: JobConfig, posts: int, days: int) -> demo.DemoSummary:
     start = job.connector.source.start_date
     print(f"Seeding {posts} sample posts over {days} days from {start} ...", flush=True)
     summary = demo.seed_gold_tables(catalog, posts=posts, days=days, start=start)
@@ -49,8 +48,8 @@ def seed(job: JobConfig, posts: int, days: int) -> demo.DemoSummary:
 
 def run_demo(posts: int, days: int, job_name: str) -> int:
     job = find_job(job_name)
-    summary = seed(job, posts, days)
     catalog = open_catalog(job.connector)
+    summary = seed(catalog, job, posts, days)
 
     defs = build_definitions()
     job_def = defs.resolve_implicit_global_asset_job_def()
@@ -86,7 +85,7 @@ def run_demo(posts: int, days: int, job_name: str) -> int:
     keys, predicted = target[job.connector.target.index_field].to_pylist(), target["label"].to_pylist()
     agree = sum(1 for k, p in zip(keys, predicted) if p is not None and truth.get(k) == p)
     print("\nSummary")
-    print(f"  target table   {job.connector.target.identifier}: {target.num_rows} rows, {int(pc.count_distinct(target['post_key']).as_py())} distinct posts")
+    print(f"  target table   {job.connector.target.identifier}: {target.num_rows} rows, {len(set(keys))} distinct posts")
     print(f"  statuses       {dict(statuses)}")
     print(f"  labels         {dict(labels.most_common())}")
     print(f"  model          {target['model'][0]}; agrees with the generator's intended label on {agree / max(len(keys), 1):.1%} of posts")
@@ -112,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     # Dagster marks observable source assets and backfill policies beta; that is no news to a user here.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     if args.command == "seed":
-        seed(find_job(args.job), args.posts, args.days)
+        job = find_job(args.job)
+        seed(open_catalog(job.connector), job, args.posts, args.days)
         return 0
     return run_demo(args.posts, args.days, args.job)
 

@@ -188,9 +188,7 @@ def enrich_partition(
     log.info("%s: %d posts touched on %s", job.name, report.posts, day)
     rows = score_partition(job, provider, day, posts, report, log)
     scored = time.perf_counter()
-    first_source = job.connector.source.tables[0].identifier
-    index_type = catalog.load_table(first_source).schema().find_field(job.index_field).field_type
-    target = open_target(catalog, job, index_type, drop=drop)
+    target = open_target(catalog, job, posts.index_type, drop=drop)
     report.write = write_day(target, job, day, rows)
     report.seconds = {
         "scan": scanned - started,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThan, LessThanOrEqual
+from pyiceberg.expressions import AlwaysFalse, And, BooleanExpression, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from pyiceberg.table import Table
 from pyiceberg.types import (
     DateType,
@@ -54,6 +54,7 @@ class PartitionPosts:
 
     posts: pa.Table
     source_update_time: pa.Array  # timestamp[us, UTC], the latest datetime over all sources
+    index_type: IcebergType  # the index field's Iceberg type, shared by every source
     sources: dict[str, SourceStats] = field(default_factory=dict)
     capped: int = 0  # touched posts left for a later run by max_records
 
@@ -110,7 +111,9 @@ def _check_source(table: Table, ref: TableRef, position: int) -> None:
 
 def _key_range(keys: pa.Array, name: str) -> BooleanExpression | None:
     """min <= key <= max, so pyiceberg skips files by their column bounds before the exact match."""
-    if len(keys) == 0 or not (pa.types.is_integer(keys.type) or pa.types.is_string(keys.type)):
+    if len(keys) == 0:
+        return AlwaysFalse()  # nothing to look up: read no file
+    if not (pa.types.is_integer(keys.type) or pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
         return None
     bounds = pc.min_max(keys)
     return And(GreaterThanOrEqual(name, bounds["min"].as_py()), LessThanOrEqual(name, bounds["max"].as_py()))
@@ -199,4 +202,5 @@ def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.
     # max_element_wise has no timestamp kernel: compare the underlying microseconds.
     micros = [c.cast(pa.int64()) for c in updated_columns]
     latest_update = pc.max_element_wise(*micros, skip_nulls=True).cast(UTC_MICROS)
-    return PartitionPosts(posts=posts, source_update_time=latest_update, sources=stats, capped=capped)
+    index_type = next(iter(key_types.values()))
+    return PartitionPosts(posts, latest_update, index_type, sources=stats, capped=capped)
