@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from social_enrich.definitions import build_definitions
+from social_enrich.environment import BUILTIN_JOBS_DIR
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich_tests.dagster_helpers import drop_config, materialization_metadata, materialize_day
 
@@ -23,6 +26,18 @@ def instance():
 
 def target_rows(catalog) -> pa.Table:
     return load_table(catalog, TARGET).scan().to_arrow()
+
+
+def edited_sentiment_defs(tmp_path: Path, replacements: dict[str, str]) -> dg.Definitions:
+    """Definitions built from a copy of the sentiment job YAML with some lines replaced."""
+    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir()
+    (job_dir / "sentiment.yaml").write_text(text)
+    return build_definitions([job_dir])
 
 
 def touched_posts(catalog, day: dt.date) -> set[int]:
@@ -120,19 +135,10 @@ def test_a_null_post_body_is_stored_as_failed_and_the_partition_completes(catalo
     assert meta["posts_failed"] >= 1
 
 
-def test_source_missing_a_field_fails_clearly_and_leaves_the_target_as_it_was(catalog, seeded, instance, tmp_path, monkeypatch):
+def test_source_missing_a_field_fails_clearly_and_leaves_the_target_as_it_was(catalog, seeded, instance, tmp_path):
     materialize_day(instance, seeded.days[0].isoformat())
     before = load_table(catalog, TARGET).current_snapshot().snapshot_id
-
-    job_dir = tmp_path / "jobs"
-    job_dir.mkdir()
-    from social_enrich.environment import BUILTIN_JOBS_DIR
-
-    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text().replace("text_field: post_text", "text_field: body_text")
-    (job_dir / "sentiment.yaml").write_text(text)
-    from social_enrich.definitions import build_definitions
-
-    defs = build_definitions([job_dir])
+    defs = edited_sentiment_defs(tmp_path, {"text_field: post_text": "text_field: body_text"})
     result = materialize_day(instance, seeded.days[1].isoformat(), defs=defs, raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -141,16 +147,10 @@ def test_source_missing_a_field_fails_clearly_and_leaves_the_target_as_it_was(ca
 
 
 def test_unreachable_catalog_is_named_without_secrets(tmp_path, instance):
-    from social_enrich.definitions import build_definitions
-    from social_enrich.environment import BUILTIN_JOBS_DIR
-
-    job_dir = tmp_path / "jobs"
-    job_dir.mkdir()
-    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text().replace(
-        "catalog: {}", "catalog: {type: rest, uri: 'http://user:hunter2@127.0.0.1:9', credential: 'id:s3cr3t'}"
+    defs = edited_sentiment_defs(
+        tmp_path, {"catalog: {}": "catalog: {type: rest, uri: 'http://user:hunter2@127.0.0.1:9', credential: 'id:s3cr3t'}"}
     )
-    (job_dir / "sentiment.yaml").write_text(text)
-    result = materialize_day(instance, "2026-11-02", defs=build_definitions([job_dir]), raise_on_error=False)
+    result = materialize_day(instance, "2026-11-02", defs=defs, raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = str(failure.step_failure_data.error)
@@ -168,18 +168,12 @@ def test_a_day_without_posts_materializes_empty(catalog, seeded, instance):
 
 
 def test_a_target_with_another_schema_is_refused_until_dropped(catalog, seeded, instance, tmp_path):
-    from social_enrich.definitions import build_definitions
-    from social_enrich.environment import BUILTIN_JOBS_DIR
-
     materialize_day(instance, seeded.days[0].isoformat())
     before = load_table(catalog, TARGET).current_snapshot().snapshot_id
-    job_dir = tmp_path / "jobs"
-    job_dir.mkdir()
-    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
-    text = text.replace("response_format: sentiment", "response_format: social_enrich_tests.second_job:PostTopic")
-    text = text.replace("local_model: vader", "local_model: social_enrich_tests.second_job:KeywordTopicModel")
-    (job_dir / "sentiment.yaml").write_text(text)
-    defs = build_definitions([job_dir])
+    defs = edited_sentiment_defs(tmp_path, {
+        "response_format: sentiment": "response_format: social_enrich_tests.second_job:PostTopic",
+        "local_model: vader": "local_model: social_enrich_tests.second_job:KeywordTopicModel",
+    })
 
     result = materialize_day(instance, seeded.days[1].isoformat(), defs=defs, raise_on_error=False)
     assert not result.success

@@ -19,7 +19,11 @@ from pyiceberg.types import (
     UUIDType,
 )
 
+from social_enrich import enrichment
 from social_enrich.config import JobConfig
+from social_enrich.enrichment import enrich_partition
+from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
+from social_enrich.inference.response_models import Sentiment
 from social_enrich.lakehouse.partition_scan import SourceSchemaError, read_partition
 from social_enrich_tests.gold_tables import append_rows, create_table
 
@@ -115,10 +119,6 @@ def test_any_index_and_datetime_types(catalog, sentiment_job, index_type, keys, 
 
 def test_uuid_and_decimal_keys_with_nested_columns_are_scored_and_moved_between_days(catalog, sentiment_job):
     """Keys of types Arrow kernels handle specially, and list/struct columns sent to the model, end to end."""
-    from social_enrich.enrichment import enrich_partition
-    from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
-    from social_enrich.inference.response_models import Sentiment
-
     provider = LocalProvider(VaderSentimentModel(), Sentiment)
     tags = ListType(10, StringType(), element_required=False)
     meta = StructType(NestedField(20, "shares", LongType(), required=False))
@@ -155,10 +155,6 @@ def test_datetime_field_of_an_unusable_type_is_rejected(catalog, sentiment_job, 
 
 def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job):
     """A job whose text_field is numeric: every post fails alone, named by the error, and nothing stops."""
-    from social_enrich.enrichment import enrich_partition
-    from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
-    from social_enrich.inference.response_models import Sentiment
-
     table = create_table(catalog, "gold.numbers", [("id", LongType()), ("body", LongType()), ("at", TimestamptzType())])
     append_rows(table, [{"id": 1, "body": 42, "at": dt.datetime(2026, 11, 2, 9, tzinfo=UTC)}])
     job = job_for(sentiment_job, [{"database": "gold", "table": "numbers", "datetime_field": "at", "index_field": "id"}],
@@ -173,15 +169,11 @@ def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job
 
 
 def test_progress_is_logged_with_rate_and_eta(catalog, sentiment_job, reactions_and_texts, caplog, monkeypatch):
-    from social_enrich import enrichment
-    from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
-    from social_enrich.inference.response_models import Sentiment
-
     monkeypatch.setattr(enrichment, "PROGRESS_EVERY_SECONDS", 0.0)
     monkeypatch.setattr(enrichment, "CHUNK_POSTS", 1)  # one post per chunk: progress after each
     job = job_for(sentiment_job, reactions_and_texts, text_field="body", exclude_fields=[])
     with caplog.at_level(logging.INFO):
-        report = enrichment.enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment), log=logging.getLogger("t"))
+        report = enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment), log=logging.getLogger("t"))
     assert report.statuses == {"ok": 2}
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scored ")]
     assert [line.split(" (")[0] for line in lines] == ["scored 1/2 posts", "scored 2/2 posts"]
