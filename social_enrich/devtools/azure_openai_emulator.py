@@ -51,6 +51,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from social_enrich.inference.local_sentiment import NEGATIVE_AT, POSITIVE_AT
+
 __all__ = [
     "AzureOpenAIEmulator",
     "EmulatorSettings",
@@ -232,10 +236,8 @@ def _post_text(post: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=1)
-def _analyzer():
-    # Imported lazily: loading the lexicon takes ~100 ms and only answers need it.
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
+def _analyzer() -> SentimentIntensityAnalyzer:
+    # Built on first use: loading the lexicon takes ~100 ms and only answers need it.
     return SentimentIntensityAnalyzer()
 
 
@@ -245,10 +247,10 @@ class _Sentiment:
 
     @property
     def label(self) -> str:
-        # VADER's documented thresholds.
-        if self.compound >= 0.05:
+        # The local model's thresholds (VADER's own); the emulator answers with three labels only.
+        if self.compound >= POSITIVE_AT:
             return "positive"
-        if self.compound <= -0.05:
+        if self.compound <= NEGATIVE_AT:
             return "negative"
         return "neutral"
 
