@@ -4,6 +4,7 @@
 import datetime as dt
 import time
 from collections import Counter
+from dataclasses import asdict
 
 from dagster import (
     AssetExecutionContext,
@@ -26,6 +27,7 @@ from social_enrich.config import JobConfig, TableRef
 from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_partition
 from social_enrich.inference.azure_openai import AzureOpenAIResource
 from social_enrich.inference.selection import build_provider
+from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.catalog import load_table, open_catalog
 from social_enrich.lakehouse.snapshots import current_snapshot_info
 
@@ -77,6 +79,7 @@ def _metadata(job: JobConfig, reports: list[EnrichmentReport], seconds: float, t
     rows_read: Counter[str] = sum((Counter(r.rows_read) for r in reports), Counter())
     phase = {p: sum(r.seconds.get(p, 0.0) for r in reports) for p in ("scan", "score", "write")}
     skipped = sum(r.capped + sum(r.null_keys.values()) for r in reports)
+    usage = sum((r.usage for r in reports), Usage())
     return {
         "dagster/table_name": job.connector.target.identifier,
         **({"dagster/row_count": target_rows} if target_rows is not None else {}),
@@ -88,10 +91,14 @@ def _metadata(job: JobConfig, reports: list[EnrichmentReport], seconds: float, t
         "posts_failed": statuses["failed"],
         "posts_filtered": statuses["filtered"],
         "posts_skipped": skipped,
+        "posts_from_cache": sum(r.cache_hits for r in reports),
+        "posts_truncated": sum(r.posts_truncated for r in reports),
         "versions_collapsed": sum(r.versions_collapsed for r in reports),
         "moved_from_other_days": sum(r.write.moved_from_other_days for r in reports if r.write),
         "labels": MetadataValue.json(dict(sorted(labels.items()))),
         **{f"rows_read/{source}": count for source, count in sorted(rows_read.items())},
+        **{f"llm/{name}": value for name, value in asdict(usage).items()},
+        "llm/estimated_cost_usd": round(usage.cost_usd(job.inference.price_per_million_tokens), 6),
         **{f"seconds/{p}": round(s, 3) for p, s in phase.items()},
         "duration_seconds": round(seconds, 3),
     }

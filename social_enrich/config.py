@@ -84,11 +84,47 @@ DEFAULT_PROMPT = (
 )
 
 
+class RateLimitConfig(_Strict):
+    """The deployment's quota, so the client paces itself instead of collecting 429s."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0, description="Deployment RPM; empty: not paced.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="Deployment TPM; empty: not paced.")
+    headroom: float = Field(default=0.95, gt=0, le=1, description="Share of the quota the client plans to use.")
+
+    @field_validator("requests_per_minute", "tokens_per_minute", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None  # "${AZURE_OPENAI_TPM:-}" left empty: not paced
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(default=6, ge=1, le=20, description="Attempts per request, the first included.")
+    max_seconds: float = Field(default=300.0, gt=0, description="Give up on a request after this long.")
+    backoff_seconds: float = Field(default=0.5, gt=0, description="First backoff, doubled per attempt, with full jitter.")
+    max_backoff_seconds: float = Field(default=20.0, gt=0, description="Longest backoff between two attempts.")
+
+
+class PriceConfig(_Strict):
+    """USD per 1M tokens, for the cost estimate in the metadata (default: gpt-4o-mini, Global)."""
+
+    input: float = Field(default=0.15, ge=0)
+    cached_input: float = Field(default=0.075, ge=0)
+    output: float = Field(default=0.60, ge=0)
+
+
 class InferenceConfig(_Strict):
     provider: Literal["auto", "local", "azure_openai"] = Field(
         default="auto", description="auto: Azure OpenAI when an endpoint is configured, else the local model."
     )
-    workers: int = Field(default=20, ge=1, le=512, description="Concurrent model requests.")
+    workers: int = Field(default=20, ge=1, le=512, description="Most concurrent model requests; concurrency adapts below it.")
+    posts_per_request: int = Field(default=20, ge=1, le=200, description="Posts packed into one model request.")
+    max_output_tokens_per_post: int = Field(default=40, ge=1, description="Answer budget per post (max_tokens).")
+    max_input_tokens_per_post: int = Field(default=1000, ge=1, description="Longer text_field values are truncated.")
+    checkpoint_posts: int = Field(default=200, ge=1, description="Answers are saved to the cache in chunks this big.")
+    cache: bool = Field(default=True, description="Reuse answers for posts sent before with the same fields.")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    price_per_million_tokens: PriceConfig = Field(default_factory=PriceConfig)
     response_format: str = Field(description="A registered response model name or 'module:Class'.")
     local_model: str | None = Field(default=None, description="A registered local model name or 'module:Class'.")
     model: str = Field(default="gpt-4o-mini", min_length=1, description="Azure OpenAI deployment name.")

@@ -15,7 +15,11 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig
+from social_enrich.environment import response_cache_path
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
+from social_enrich.inference.response_cache import ResponseCache, cache_key
+from social_enrich.inference.token_budget import truncate_to_tokens
+from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaError, read_partition
 from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, open_target, write_day
 
@@ -42,6 +46,9 @@ class EnrichmentReport:
     capped: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0  # posts answered from the response cache
+    posts_truncated: int = 0
+    usage: Usage = field(default_factory=Usage)
     seconds: dict[str, float] = field(default_factory=dict)  # scan / score / write
     write: WriteStats | None = None
 
@@ -63,7 +70,7 @@ def fields_to_send(job: JobConfig, columns: list[str]) -> list[str]:
 
 
 def input_hash(fields: dict[str, Any]) -> str:
-    """A stable hash of exactly what is sent, so a later cache can tell when a post changed."""
+    """A stable hash of exactly what is sent, so the response cache can tell when a post changed."""
     text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -96,34 +103,102 @@ def _row_problem(job: JobConfig, value: Any) -> str | None:
         return f"{name} is null"
     if not isinstance(value, str):
         return f"{name} is not text ({type(value).__name__})"
+    if not value.strip():
+        return f"{name} is empty"
     return None
 
 
-def score_posts(
-    job: JobConfig, provider: Provider, posts: pa.Table, send: list[str], progress: _ProgressLog, log: logging.Logger
-) -> tuple[list[str], list[ScoreResult]]:
-    """Hash what is sent per post, score the valid posts, and return hashes and results in post order."""
+@dataclass
+class _Chunk:
+    """One chunk of posts on its way to the model: what is sent, its hashes, and the results."""
+
+    hashes: list[str]
+    truncated: list[bool]
+    results: list[ScoreResult | None]
+    to_score: list[PostToScore] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # where each post to score sits in the chunk
+
+
+def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging.Logger) -> _Chunk:
+    """Pick the fields to send, cut over-long text, hash it, and fail the posts that cannot be sent."""
     keys = posts[job.index_field].to_pylist()
     text_field = job.inference.text_field
     texts = posts[text_field].to_pylist() if text_field else [None] * len(keys)
-    hashes: list[str] = []
-    results: list[ScoreResult | None] = []
-    to_score: list[PostToScore] = []
+    chunk = _Chunk(hashes=[], truncated=[], results=[])
     for key, fields, text in zip(keys, posts.select(send).to_pylist(), texts):
-        hashes.append(input_hash(fields))
         problem = _row_problem(job, text)
+        cut = False
+        if problem is None and text is not None:
+            text, cut = truncate_to_tokens(text, job.inference.max_input_tokens_per_post)
+            if cut and text_field in fields:
+                fields[text_field] = text
+        chunk.hashes.append(input_hash(fields))
+        chunk.truncated.append(cut)
         if problem:
             log.warning("post %s=%r not scored: %s", job.index_field, key, problem)
+            chunk.results.append(ScoreResult.failed(problem))
         else:
-            to_score.append(PostToScore(key=key, fields=fields, text=text))
-        results.append(ScoreResult.failed(problem) if problem else None)
-    progress(len(keys) - len(to_score))
-    scored = iter(provider.score(to_score, progress=progress))
-    return hashes, [result or next(scored) for result in results]
+            chunk.positions.append(len(chunk.results))
+            chunk.to_score.append(PostToScore(key=key, fields=fields, text=text))
+            chunk.results.append(None)
+    return chunk
+
+
+class _Checkpoint:
+    """Saves answers to the cache every ``every`` results, so a killed run loses one chunk at most."""
+
+    def __init__(self, cache: ResponseCache, every: int) -> None:
+        self.cache, self.every = cache, every
+        self.pending: list[tuple[str, ScoreResult]] = []
+
+    def add(self, key: str, result: ScoreResult) -> None:
+        self.pending.append((key, result))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.cache.put_many(self.pending)
+            self.pending = []
+
+
+def score_chunk(
+    job: JobConfig, provider: Provider, chunk: _Chunk, cache: ResponseCache | None, progress: _ProgressLog, report: EnrichmentReport
+) -> list[ScoreResult]:
+    """Fill the chunk's results: from the cache where the same input was answered before, else from the model."""
+    progress(len(chunk.results) - len(chunk.to_score))
+    todo = list(range(len(chunk.to_score)))
+    keys: list[str] = []
+    if cache is not None:
+        keys = [
+            cache_key(provider.model_id, job.inference.prompt_version, job.response_model, chunk.hashes[position])
+            for position in chunk.positions
+        ]
+        hits = cache.get_many(keys, job.response_model)
+        for n, key in enumerate(keys):
+            if key in hits:
+                chunk.results[chunk.positions[n]] = hits[key]
+        todo = [n for n, key in enumerate(keys) if key not in hits]
+        report.cache_hits += len(keys) - len(todo)
+        progress(len(keys) - len(todo))
+    checkpoint = _Checkpoint(cache, job.inference.checkpoint_posts) if cache is not None else None
+
+    def on_result(n: int, result: ScoreResult) -> None:
+        chunk.results[chunk.positions[todo[n]]] = result
+        if checkpoint is not None:
+            checkpoint.add(keys[todo[n]], result)
+        progress(1)
+
+    try:
+        provider.score([chunk.to_score[n] for n in todo], on_result=on_result)
+    finally:
+        if checkpoint is not None:
+            checkpoint.flush()  # answers already paid for are kept even if scoring failed
+    return [r if r is not None else ScoreResult.failed("no result") for r in chunk.results]
 
 
 def result_rows(
-    job: JobConfig, day: dt.date, model: str, keys: pa.Array, updated: pa.Array, hashes: list[str], results: list[ScoreResult]
+    job: JobConfig, day: dt.date, model: str, keys: pa.Array, updated: pa.Array, chunk: _Chunk, results: list[ScoreResult]
 ) -> pa.Table:
     response_names = list(job.response_model.model_fields)
     columns: dict[str, list[Any]] = {name: [] for name in response_names}
@@ -140,9 +215,10 @@ def result_rows(
             **columns,
             "model": [model] * n,
             "prompt_version": [job.inference.prompt_version] * n,
-            "input_hash": hashes,
+            "input_hash": chunk.hashes,
             "status": [r.status for r in results],
             "error": [r.error for r in results],
+            "input_truncated": chunk.truncated,
             "source_update_time": updated,
             PARTITION_DATE: pa.array([day] * n, pa.date32()),
             job.connector.target.datetime_field: pa.array([written_at] * n, pa.timestamp("us", tz="UTC")),
@@ -151,22 +227,30 @@ def result_rows(
 
 
 def score_partition(
-    job: JobConfig, provider: Provider, day: dt.date, posts: PartitionPosts, report: EnrichmentReport, log: logging.Logger
+    job: JobConfig,
+    provider: Provider,
+    day: dt.date,
+    posts: PartitionPosts,
+    report: EnrichmentReport,
+    log: logging.Logger,
+    cache: ResponseCache | None = None,
 ) -> pa.Table:
     """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows."""
     send = fields_to_send(job, posts.posts.column_names)
     progress = _ProgressLog(log, posts.posts.num_rows)
     counts_labels = "label" in job.response_model.model_fields
-    chunks = []
+    tables = []
     for start in range(0, max(posts.posts.num_rows, 1), CHUNK_POSTS):
-        chunk = posts.posts.slice(start, CHUNK_POSTS)
-        hashes, results = score_posts(job, provider, chunk, send, progress, log)
+        rows = posts.posts.slice(start, CHUNK_POSTS)
+        chunk = prepare_chunk(job, rows, send, log)
+        results = score_chunk(job, provider, chunk, cache, progress, report)
         report.statuses.update(r.status for r in results)
+        report.posts_truncated += sum(chunk.truncated)
         if counts_labels:
             report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
         updated = posts.source_update_time.slice(start, CHUNK_POSTS)
-        chunks.append(result_rows(job, day, provider.model_id, chunk[job.index_field], updated, hashes, results))
-    return pa.concat_tables(chunks)
+        tables.append(result_rows(job, day, provider.model_id, rows[job.index_field], updated, chunk, results))
+    return pa.concat_tables(tables)
 
 
 def enrich_partition(
@@ -186,7 +270,14 @@ def enrich_partition(
         capped=posts.capped,
     )
     log.info("%s: %d posts touched on %s", job.name, report.posts, day)
-    rows = score_partition(job, provider, day, posts, report, log)
+    usage_before = provider.usage.copy()
+    cache = ResponseCache(response_cache_path()) if provider.caches_responses and job.inference.cache else None
+    try:
+        rows = score_partition(job, provider, day, posts, report, log, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+        report.usage = provider.usage - usage_before
     scored = time.perf_counter()
     target = open_target(catalog, job, posts.index_type, drop=drop)
     report.write = write_day(target, job, day, rows)

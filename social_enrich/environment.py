@@ -31,6 +31,11 @@ def embedded_catalog_properties() -> dict[str, str]:
     }
 
 
+def response_cache_path() -> Path:
+    """The SQLite file that keeps every paid model answer (see inference/response_cache.py)."""
+    return state_dir() / "response_cache.sqlite3"
+
+
 def jobs_dirs() -> list[Path]:
     """Folders of job YAML files: the built-in jobs, then any listed in SOCIAL_ENRICH_JOBS_DIR."""
     extra = [Path(p) for p in os.environ.get(JOBS_DIR_VAR, "").split(os.pathsep) if p]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from social_enrich.definitions import build_definitions
+from social_enrich.environment import BUILTIN_JOBS_DIR
 
 
 def materialize_day(
@@ -34,3 +36,15 @@ def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str = "so
 
 def drop_config(asset: str = "social_media_sentiment") -> dict[str, Any]:
     return {"ops": {asset: {"config": {"drop": True}}}}
+
+
+def edited_sentiment_defs(tmp_path: Path, replacements: dict[str, str]) -> dg.Definitions:
+    """Definitions built from a copy of the sentiment job YAML with some lines replaced."""
+    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir()
+    (job_dir / "sentiment.yaml").write_text(text)
+    return build_definitions([job_dir])

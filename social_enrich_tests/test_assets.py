@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from social_enrich.definitions import build_definitions
-from social_enrich.environment import BUILTIN_JOBS_DIR
 from social_enrich.lakehouse.catalog import load_table
-from social_enrich_tests.dagster_helpers import drop_config, materialization_metadata, materialize_day
+from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day
 
 TARGET = "enriched.social_media_sentiment"
 
@@ -26,18 +23,6 @@ def instance():
 
 def target_rows(catalog) -> pa.Table:
     return load_table(catalog, TARGET).scan().to_arrow()
-
-
-def edited_sentiment_defs(tmp_path: Path, replacements: dict[str, str]) -> dg.Definitions:
-    """Definitions built from a copy of the sentiment job YAML with some lines replaced."""
-    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    job_dir = tmp_path / "jobs"
-    job_dir.mkdir()
-    (job_dir / "sentiment.yaml").write_text(text)
-    return build_definitions([job_dir])
 
 
 def touched_posts(catalog, day: dt.date) -> set[int]:

@@ -1,25 +1,45 @@
-"""Azure OpenAI provider, first version: structured outputs, bounded concurrency, per-post failures.
+"""Azure OpenAI realtime provider: packed requests, paced under the quota, retried, matched back by id.
 
-The Dagster resource holds the connection (endpoint, API version, where the key comes from); the
-provider it builds scores posts. A later engine (rate limits, packing, cache, batch) replaces the
-provider's inside behind the same ``Provider.score`` call.
+One request carries ``posts_per_request`` posts (see ``packing``). Requests start only when the
+pacer says the quota has room, with adaptive concurrency on top (see ``rate_limiter``). A request
+that fails in passing (429, 5xx, dropped connection, timeout) is retried with tenacity: the wait is
+the server's ``retry-after-ms`` / ``retry-after`` when it sends one, else jittered exponential
+backoff, bounded in attempts and in time (a 429 is the server saying "later", so it counts
+against the time only). The SDK's own retries are off: they would be invisible
+to the pacer, the concurrency limit and the cost figures. Within an answer, a post whose item is
+missing or invalid is asked again alone; an answer that cannot be read at all, or a pack that the
+content filter stopped, is split in halves until the culprit is alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 from dagster import ConfigurableResource
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from social_enrich.inference.provider import PostToScore, ProgressCallback, ScoreResult
+from social_enrich.config import InferenceConfig, RetryConfig
+from social_enrich.inference.credentials import SECRET_NAME_VAR, resolve_credentials
+from social_enrich.inference.packing import MatchedAnswer, UnreadableAnswer, build_messages, match_answer, response_format
+from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
+from social_enrich.inference.rate_limiter import AdaptiveConcurrency, RequestPacer
+from social_enrich.inference.token_budget import estimate_request_tokens
+from social_enrich.inference.usage import Usage
 
 ENDPOINT_VAR = "AZURE_OPENAI_ENDPOINT"
+THROTTLED = "HTTP 429"
+RETRYABLE_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
+FILTERED_PROMPT = "content_filter: the prompt was filtered by Azure OpenAI's content policy"
+FILTERED_ANSWER = "content_filter: the answer was filtered by Azure OpenAI's content policy"
 
 
 class AzureOpenAIConfigError(RuntimeError):
@@ -27,111 +47,239 @@ class AzureOpenAIConfigError(RuntimeError):
 
 
 class AzureOpenAIResource(ConfigurableResource):
-    """Connection to an Azure OpenAI resource. The API key is read from an environment variable at run time."""
+    """Connection to an Azure OpenAI resource. The key is read at run time from an environment
+    variable or from the AWS Secrets Manager secret named by $OPENAI_SECRET_NAME."""
 
     endpoint: str | None = Field(default=None, description=f"https://<name>.openai.azure.com; default ${ENDPOINT_VAR}.")
     api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version with structured outputs.")
     api_key_env_var: str = Field(default="AZURE_OPENAI_API_KEY", description="Environment variable holding the key.")
     timeout_seconds: float = Field(default=60.0, gt=0, description="Per-request timeout.")
-    max_retries: int = Field(default=2, ge=0, le=10, description="SDK retries (it honours retry-after).")
 
     def resolved_endpoint(self) -> str | None:
         return self.endpoint or os.environ.get(ENDPOINT_VAR) or None
 
-    def build_provider(self, *, deployment: str, response_model: type[BaseModel], prompt: str, workers: int) -> AzureOpenAIProvider:
-        endpoint = self.resolved_endpoint()
+    def is_configured(self) -> bool:
+        """An endpoint is set, or a secret that may carry one is named."""
+        return bool(self.resolved_endpoint() or os.environ.get(SECRET_NAME_VAR))
+
+    def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
+        credentials = resolve_credentials(self.api_key_env_var)
+        endpoint = self.resolved_endpoint() or credentials.endpoint
         if not endpoint:
-            raise AzureOpenAIConfigError(f"provider azure_openai needs an endpoint: set ${ENDPOINT_VAR} or the resource's endpoint")
-        api_key = os.environ.get(self.api_key_env_var)
-        if not api_key:
-            raise AzureOpenAIConfigError(f"provider azure_openai needs an API key in ${self.api_key_env_var}")
-        return AzureOpenAIProvider(
-            endpoint=endpoint,
-            api_key=api_key,
+            raise AzureOpenAIConfigError(
+                f"provider azure_openai needs an endpoint: set ${ENDPOINT_VAR}, the resource's endpoint, "
+                f"or OPENAI_API_BASE in the secret named by ${SECRET_NAME_VAR}"
+            )
+        client_args = dict(
+            azure_endpoint=endpoint,
+            api_key=credentials.api_key,
             api_version=self.api_version,
-            deployment=deployment,
-            response_model=response_model,
-            prompt=prompt,
-            workers=workers,
-            timeout_seconds=self.timeout_seconds,
-            max_retries=self.max_retries,
+            timeout=self.timeout_seconds,
+            max_retries=0,  # retries are ours: see the module docstring
         )
+        return AzureOpenAIProvider(client_args, inference, response_model)
 
 
-def _status_error(e: openai.APIStatusError) -> ScoreResult:
-    if e.status_code == 400 and e.code == "content_filter":
-        return ScoreResult("filtered", error="content_filter: the prompt was filtered by Azure OpenAI's content policy")
-    # The message is the server's; the SDK never puts the key in it.
-    return ScoreResult.failed(f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
+class _Transient(Exception):
+    """A failure worth another attempt; ``retry_after`` is the server's wait, when it gave one."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+@dataclass
+class _Outcome:
+    kind: str  # answered | filtered | unreadable | failed
+    error: str | None = None
+    matched: MatchedAnswer = field(default_factory=MatchedAnswer)
+
+
+def _retry_after(headers: Any) -> float | None:
+    """The server's wait in seconds: ``retry-after-ms`` first (Azure's precise one), then ``retry-after``."""
+    for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            return max(0.0, float(headers.get(name)) / scale)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _header_int(headers: Any, name: str) -> int | None:
+    try:
+        return int(headers.get(name))
+    except (TypeError, ValueError):
+        return None
+
+
+def _waiter(retry: RetryConfig) -> Callable[[RetryCallState], float]:
+    backoff = wait_random_exponential(multiplier=retry.backoff_seconds, max=retry.max_backoff_seconds)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Transient) and error.retry_after is not None:
+            return error.retry_after + random.uniform(0, 0.25)  # a little jitter, so waiters don't return as one
+        return backoff(state)
+
+    return wait
 
 
 class AzureOpenAIProvider:
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        api_key: str,
-        api_version: str,
-        deployment: str,
-        response_model: type[BaseModel],
-        prompt: str,
-        workers: int,
-        timeout_seconds: float,
-        max_retries: int,
-    ) -> None:
-        self.model_id = deployment
-        self._client_args: dict[str, Any] = dict(
-            azure_endpoint=endpoint,
-            api_key=api_key,
-            api_version=api_version,
-            timeout=timeout_seconds,
-            max_retries=max_retries,
-        )
+    caches_responses = True
+
+    def __init__(self, client_args: dict[str, Any], inference: InferenceConfig, response_model: type[BaseModel]) -> None:
+        self.model_id = inference.model
+        self._client_args = client_args
+        self._inference = inference
         self._response_model = response_model
-        self._prompt = prompt
-        self._workers = workers
+        self._response_format = response_format(response_model)
+        limits = inference.rate_limit
+        self._pacer = RequestPacer(limits.requests_per_minute, limits.tokens_per_minute, limits.headroom)
+        self._concurrency_start = min(4, inference.workers)
+        self.usage = Usage()  # over the provider's life; callers take differences
+        self.peak_concurrency = 0
 
     def __repr__(self) -> str:  # never show the key
         return f"AzureOpenAIProvider(deployment={self.model_id!r}, endpoint={self._client_args['azure_endpoint']!r})"
 
-    def score(self, posts: Sequence[PostToScore], progress: ProgressCallback | None = None) -> list[ScoreResult]:
-        return asyncio.run(self._score_all(posts, progress))
+    def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]:
+        if not posts:
+            return []
+        return asyncio.run(self._score_all(posts, on_result))
 
-    async def _score_all(self, posts: Sequence[PostToScore], progress: ProgressCallback | None) -> list[ScoreResult]:
-        limit = asyncio.Semaphore(self._workers)
+    async def _score_all(self, posts: Sequence[PostToScore], on_result: ResultCallback | None) -> list[ScoreResult]:
+        results: list[ScoreResult | None] = [None] * len(posts)
+
+        def settle(position: int, result: ScoreResult) -> None:
+            results[position] = result
+            if on_result:
+                on_result(position, result)
+
+        # Concurrency objects belong to one event loop; the limit it reached carries over to the next call.
+        concurrency = AdaptiveConcurrency(self._inference.workers, start=self._concurrency_start)
+        size = self._inference.posts_per_request
         async with openai.AsyncAzureOpenAI(**self._client_args) as client:
+            run = _PackRun(self, client, concurrency, posts, settle)
+            packs = [list(range(start, min(start + size, len(posts)))) for start in range(0, len(posts), size)]
+            await asyncio.gather(*(run.settle_pack(pack) for pack in packs))
+        self._concurrency_start = concurrency.limit
+        self.peak_concurrency = max(self.peak_concurrency, concurrency.peak)
+        return [r if r is not None else ScoreResult.failed("no answer was recorded") for r in results]
 
-            async def one(post: PostToScore) -> ScoreResult:
-                async with limit:
-                    result = await self._score_one(client, post)
-                if progress:
-                    progress(1)
-                return result
 
-            return list(await asyncio.gather(*(one(p) for p in posts)))
+class _PackRun:
+    """One ``score`` call: sends packs, splits and retries them, and settles every post exactly once."""
 
-    async def _score_one(self, client: openai.AsyncAzureOpenAI, post: PostToScore) -> ScoreResult:
-        messages = [
-            {"role": "system", "content": self._prompt},
-            {"role": "user", "content": json.dumps(post.fields, ensure_ascii=False, sort_keys=True, default=str)},
-        ]
+    def __init__(self, provider: AzureOpenAIProvider, client: openai.AsyncAzureOpenAI, concurrency: AdaptiveConcurrency, posts: Sequence[PostToScore], settle: Any) -> None:
+        self.p, self.client, self.concurrency, self.posts, self.settle = provider, client, concurrency, posts, settle
+
+    async def settle_pack(self, pack: list[int]) -> None:
+        outcome = await self._send([self.posts[i] for i in pack])
+        if outcome.kind == "failed":
+            for i in pack:
+                self.settle(i, ScoreResult.failed(outcome.error or "failed"))
+        elif outcome.kind in ("filtered", "unreadable") and len(pack) > 1:
+            middle = len(pack) // 2
+            await asyncio.gather(self.settle_pack(pack[:middle]), self.settle_pack(pack[middle:]))
+        elif outcome.kind == "filtered":
+            self.settle(pack[0], ScoreResult("filtered", error=outcome.error))
+        elif outcome.kind == "unreadable":
+            self.settle(pack[0], ScoreResult.failed(outcome.error or "unreadable answer"))
+        else:
+            for position, answer in outcome.matched.answers.items():
+                self.settle(pack[position], ScoreResult("ok", answer))
+            if len(pack) == 1:  # a lone post's problems were already retried by _send
+                for position, problem in outcome.matched.problems.items():
+                    self.settle(pack[position], ScoreResult.failed(problem))
+            else:
+                await asyncio.gather(*(self.settle_pack([pack[position]]) for position in outcome.matched.problems))
+
+    async def _send(self, posts: list[PostToScore]) -> _Outcome:
+        """One request, retried while it fails in passing; a final failure sums up every attempt."""
+        retry = self.p._inference.retry
+        errors: list[str] = []
+        started = time.monotonic()
+
+        def give_up(state: RetryCallState) -> bool:
+            failures = sum(reason != THROTTLED for reason in errors)
+            return failures >= retry.max_attempts or time.monotonic() - started >= retry.max_seconds
+
+        retrying = AsyncRetrying(
+            stop=give_up,
+            wait=_waiter(retry),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
         try:
-            completion = await client.chat.completions.parse(
-                model=self.model_id, messages=messages, response_format=self._response_model
+            async for attempt in retrying:
+                with attempt:
+                    if errors:
+                        self.p.usage.retries += 1
+                    try:
+                        return await self._attempt(posts)
+                    except _Transient as e:
+                        errors.append(e.reason)
+                        raise
+        except _Transient:
+            summary = ", ".join(f"{reason} x{n}" for reason, n in Counter(errors).items())
+            return _Outcome("failed", f"gave up after {len(errors)} attempts: {summary}")
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(self, posts: list[PostToScore]) -> _Outcome:
+        p = self.p
+        messages = build_messages(p._inference.prompt, posts)
+        max_tokens = len(posts) * p._inference.max_output_tokens_per_post
+        cost = estimate_request_tokens(messages, p._response_format, max_tokens)
+        async with self.concurrency:
+            await p._pacer.wait_turn(cost)
+            p.usage.requests += 1
+            try:
+                raw = await self.client.chat.completions.with_raw_response.create(
+                    model=p.model_id, messages=messages, response_format=p._response_format, max_tokens=max_tokens  # type: ignore[arg-type]
+                )
+            except openai.RateLimitError as e:
+                p.usage.throttled += 1
+                wait = _retry_after(e.response.headers) or 1.0
+                p._pacer.pause(wait)
+                self.concurrency.on_throttled()
+                raise _Transient(THROTTLED, wait) from None
+            except openai.APIStatusError as e:
+                if e.status_code == 400 and e.code == "content_filter":
+                    return _Outcome("filtered", FILTERED_PROMPT)
+                if e.status_code in RETRYABLE_STATUSES:
+                    raise _Transient(f"HTTP {e.status_code}", _retry_after(e.response.headers)) from None
+                # The message is the server's; the SDK never puts the key in it.
+                return _Outcome("failed", f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
+            except openai.APITimeoutError:
+                raise _Transient("timeout") from None
+            except openai.APIConnectionError:
+                raise _Transient("connection error") from None
+            self.concurrency.on_answer(
+                _header_int(raw.headers, "x-ratelimit-remaining-requests"),
+                _header_int(raw.headers, "x-ratelimit-remaining-tokens"),
+                cost,
             )
-        except openai.ContentFilterFinishReasonError:
-            return ScoreResult("filtered", error="content_filter: the answer was filtered by Azure OpenAI's content policy")
-        except openai.LengthFinishReasonError:
-            return ScoreResult.failed("the answer was cut off at the token limit")
-        except ValidationError as e:
-            return ScoreResult.failed(f"invalid structured answer: {e.errors(include_url=False)[0]['msg']}")
-        except openai.APIStatusError as e:
-            return _status_error(e)
-        except openai.APIConnectionError as e:
-            return ScoreResult.failed(f"cannot reach Azure OpenAI: {type(e).__name__}: {e}")
-        message = completion.choices[0].message
-        if message.refusal:
-            return ScoreResult.failed(f"the model refused: {message.refusal}")
-        if message.parsed is None:
-            return ScoreResult.failed("the answer had no structured content")
-        return ScoreResult("ok", message.parsed)
+        return self._read(raw.parse(), len(posts))
+
+    def _read(self, completion: Any, size: int) -> _Outcome:
+        usage = self.p.usage
+        if completion.usage is not None:
+            usage.prompt_tokens += completion.usage.prompt_tokens
+            usage.completion_tokens += completion.usage.completion_tokens
+            details = completion.usage.prompt_tokens_details
+            usage.cached_tokens += (details.cached_tokens or 0) if details else 0
+        choice = completion.choices[0]
+        if choice.finish_reason == "content_filter":
+            return _Outcome("filtered", FILTERED_ANSWER)
+        if choice.message.refusal:
+            return _Outcome("unreadable" if size > 1 else "failed", f"the model refused: {choice.message.refusal}")
+        try:
+            matched = match_answer(choice.message.content, size, self.p._response_model)
+        except UnreadableAnswer as e:
+            reason = "the answer was cut off at max_tokens" if choice.finish_reason == "length" else str(e)
+            if size == 1:
+                raise _Transient(reason) from None
+            return _Outcome("unreadable", reason)
+        if size == 1 and matched.problems:
+            raise _Transient(matched.problems[0])
+        return _Outcome("answered", matched=matched)

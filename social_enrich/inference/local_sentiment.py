@@ -9,8 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from social_enrich.inference.provider import ProgressCallback, PostToScore, ScoreResult
+from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
 from social_enrich.inference.response_models import Sentiment
+from social_enrich.inference.usage import Usage
 
 # VADER's own thresholds for the compound score.
 POSITIVE_AT = 0.05
@@ -44,23 +45,25 @@ class VaderSentimentModel:
 class LocalProvider:
     """Runs a local model post by post; a post the model cannot handle fails alone."""
 
+    caches_responses = False  # scoring again is cheaper than a cache lookup
+
     def __init__(self, model: Any, response_model: type[BaseModel]) -> None:
         self._model = model
         self._response_model = response_model
         self.model_id = getattr(model, "model_id", type(model).__name__)
+        self.usage = Usage()
 
-    def score(self, posts: Sequence[PostToScore], progress: ProgressCallback | None = None) -> list[ScoreResult]:
+    def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]:
         results = []
-        for i, post in enumerate(posts, 1):
+        for i, post in enumerate(posts):
             try:
                 answer = self._model.score(post.fields, post.text)
                 # Validate like an LLM answer: a local model must honour the same contract.
                 response = self._response_model.model_validate(answer, from_attributes=True)
-                results.append(ScoreResult("ok", response))
+                result = ScoreResult("ok", response)
             except (ValidationError, ValueError, TypeError) as e:
-                results.append(ScoreResult.failed(f"local model {self.model_id}: {type(e).__name__}: {e}"))
-            if progress and i % 1000 == 0:
-                progress(1000)
-        if progress and len(posts) % 1000:
-            progress(len(posts) % 1000)
+                result = ScoreResult.failed(f"local model {self.model_id}: {type(e).__name__}: {e}")
+            results.append(result)
+            if on_result:
+                on_result(i, result)
         return results

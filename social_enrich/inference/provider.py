@@ -8,6 +8,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from social_enrich.inference.usage import Usage
+
 Status = Literal["ok", "failed", "filtered"]
 
 
@@ -29,12 +31,19 @@ class ScoreResult:
         return cls("failed", None, error[:1000])
 
 
-ProgressCallback = Callable[[int], None]  # called with the number of posts just finished
+ResultCallback = Callable[[int, ScoreResult], None]  # (position in the posts, its result), as each settles
 
 
 class Provider(Protocol):
-    """Scores posts; one result per post, in order. A post's failure is a result, never an exception."""
+    """Scores posts; one result per post, in order. A post's failure is a result, never an exception.
+
+    ``on_result`` hears of every result as soon as it is known, so the caller can checkpoint and
+    report progress while the rest are still being scored. ``caches_responses`` says whether answers
+    are worth keeping (they cost money) or cheaper to compute again (a local model).
+    """
 
     model_id: str
+    caches_responses: bool
+    usage: Usage  # model calls made so far; zero for a local model
 
-    def score(self, posts: Sequence[PostToScore], progress: ProgressCallback | None = None) -> list[ScoreResult]: ...
+    def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]: ...

@@ -12,19 +12,14 @@ from social_enrich.plugins import resolve_local_model
 def provider_kind(job: JobConfig, azure: AzureOpenAIResource) -> str:
     kind = job.inference.provider
     if kind == "auto":
-        return "azure_openai" if azure.resolved_endpoint() else "local"
+        return "azure_openai" if azure.is_configured() else "local"
     return kind
 
 
 def build_provider(job: JobConfig, azure: AzureOpenAIResource) -> Provider:
     inference = job.inference
     if provider_kind(job, azure) == "azure_openai":
-        return azure.build_provider(
-            deployment=inference.model,
-            response_model=job.response_model,
-            prompt=inference.prompt,
-            workers=inference.workers,
-        )
+        return azure.build_provider(inference, job.response_model)
     if inference.local_model is None:
         raise AzureOpenAIConfigError(
             f"{job.path}: job '{job.name}' runs locally (no Azure OpenAI endpoint) but sets no inference.local_model"

@@ -62,6 +62,7 @@ def bookkeeping_fields(job: JobConfig) -> list[tuple[str, IcebergType]]:
         ("input_hash", StringType()),
         ("status", StringType()),
         ("error", StringType()),
+        ("input_truncated", BooleanType()),  # the text was cut to inference.max_input_tokens_per_post
         ("source_update_time", TimestamptzType()),
         (PARTITION_DATE, DateType()),
         (job.connector.target.datetime_field, TimestamptzType()),

@@ -1,0 +1,78 @@
+"""Client-side rate limiting: pace requests and tokens under the quota, and adapt concurrency.
+
+Why not aiolimiter: its leaky bucket admits a full bucket at once on top of the steady rate, and
+Azure enforces its per-minute quotas over short sliding windows (1 or 10 s), so a burst earns 429s
+below the per-minute figure. Pacing (each request reserves a slot of 1/rate, and of tokens/rate)
+never bursts: in any window of W seconds it admits at most rate x W, plus one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class RequestPacer:
+    """Spaces request starts so requests and tokens per minute stay under ``headroom`` x the quota."""
+
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None, headroom: float = 0.95) -> None:
+        self._seconds_per_request = 60 / (requests_per_minute * headroom) if requests_per_minute else 0.0
+        self._seconds_per_token = 60 / (tokens_per_minute * headroom) if tokens_per_minute else 0.0
+        self._next_request = self._next_tokens = self._paused_until = 0.0
+
+    async def wait_turn(self, tokens: int) -> None:
+        now = time.monotonic()
+        start = max(now, self._next_request, self._next_tokens, self._paused_until)
+        self._next_request = start + self._seconds_per_request
+        self._next_tokens = start + tokens * self._seconds_per_token
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    def pause(self, seconds: float) -> None:
+        """After a 429: no request starts before the server said it may."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+
+class AdaptiveConcurrency:
+    """Requests in flight, as an async context manager whose limit adapts (AIMD, like TCP).
+
+    The limit grows by one per round of healthy answers, halves on a 429, and shrinks by one when
+    the server's remaining quota could not take the requests in flight. Answers are reported inside
+    the block, so the release that follows wakes the waiters a raised limit lets in.
+    """
+
+    def __init__(self, ceiling: int, start: int = 4) -> None:
+        self.ceiling = ceiling
+        self.limit = min(ceiling, start)
+        self.peak = self.limit
+        self._in_flight = 0
+        self._healthy = 0
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._in_flight < self.limit)
+            self._in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self._in_flight -= 1
+            self._changed.notify_all()
+
+    def on_answer(self, remaining_requests: int | None, remaining_tokens: int | None, request_tokens: int) -> None:
+        starved = (remaining_requests is not None and remaining_requests < self._in_flight) or (
+            remaining_tokens is not None and remaining_tokens < request_tokens * self._in_flight
+        )
+        if starved:
+            self._healthy = 0
+            self.limit = max(1, self.limit - 1)
+            return
+        self._healthy += 1
+        if self._healthy >= self.limit and self.limit < self.ceiling:
+            self._healthy = 0
+            self.limit += 1
+            self.peak = max(self.peak, self.limit)
+
+    def on_throttled(self) -> None:
+        self._healthy = 0
+        self.limit = max(1, self.limit // 2)

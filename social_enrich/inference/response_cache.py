@@ -1,0 +1,79 @@
+"""Every model answer, kept by a hash of what produced it, so no post is paid for twice.
+
+The key hashes the model, the prompt version, the response schema and the exact fields sent:
+change any of them and the post is scored again. Answers are saved in chunks as they arrive, so
+the cache is also the checkpoint of a run that is killed half-way.
+
+Why SQLite in the state folder rather than an Iceberg table: lookups are by key (an Iceberg scan
+cannot prune random hashes, so every lookup would read the whole table), a chunk commits in
+milliseconds without leaving a snapshot behind, and WAL mode lets concurrent runs share it. It
+is in the standard library. On ephemeral compute, put ``SOCIAL_ENRICH_HOME`` on a persistent volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from social_enrich.inference.provider import ScoreResult
+
+CACHED_STATUSES = ("ok", "filtered")  # failed answers are not kept: they are tried again
+_QUERY_CHUNK = 500  # keys per IN (...) query, under SQLite's variable limit
+
+
+def cache_key(model: str, prompt_version: str, response_model: type[BaseModel], input_hash: str) -> str:
+    schema = json.dumps(response_model.model_json_schema(), sort_keys=True)
+    return hashlib.sha256("\x1f".join((model, prompt_version, schema, input_hash)).encode()).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed chunk
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS answers ("
+            " key TEXT PRIMARY KEY, status TEXT NOT NULL, response TEXT, error TEXT,"
+            " saved_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_many(self, keys: list[str], response_model: type[BaseModel]) -> dict[str, ScoreResult]:
+        found: dict[str, ScoreResult] = {}
+        for start in range(0, len(keys), _QUERY_CHUNK):
+            chunk = keys[start : start + _QUERY_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key, status, response, error FROM answers WHERE key IN ({marks})", chunk)
+            for key, status, response, error in rows:
+                try:
+                    parsed = response_model.model_validate_json(response) if response is not None else None
+                except ValidationError:
+                    continue  # written by an older model class: score again
+                found[key] = ScoreResult(status, parsed, error)
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, ScoreResult]]) -> int:
+        rows = [
+            (key, r.status, r.response.model_dump_json() if r.response is not None else None, r.error)
+            for key, r in items
+            if r.status in CACHED_STATUSES
+        ]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO answers (key, status, response, error) VALUES (?, ?, ?, ?)", rows)
+        return len(rows)

@@ -1,0 +1,31 @@
+"""What model calls cost: requests, retries, 429s and tokens, priced per 1M tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from social_enrich.config import PriceConfig
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # attempts sent, retries and splits included
+    retries: int = 0
+    throttled: int = 0  # answered 429
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # part of prompt_tokens served from Azure's prompt cache
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def copy(self) -> Usage:
+        return self + Usage()
+
+    def cost_usd(self, prices: PriceConfig) -> float:
+        uncached = self.prompt_tokens - self.cached_tokens
+        total = uncached * prices.input + self.cached_tokens * prices.cached_input + self.completion_tokens * prices.output
+        return total / 1_000_000
