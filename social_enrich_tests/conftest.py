@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from pyiceberg.catalog import Catalog
 
@@ -22,7 +24,8 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "state"
     monkeypatch.setenv("SOCIAL_ENRICH_HOME", str(home))
     for name in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT", "SOCIAL_ENRICH_JOBS_DIR",
-                 "SOCIAL_ENRICH_WAREHOUSE", "SOCIAL_ENRICH_START_DATE", "DAGSTER_HOME"):
+                 "SOCIAL_ENRICH_WAREHOUSE", "SOCIAL_ENRICH_START_DATE", "DAGSTER_HOME", "OPENAI_SECRET_NAME",
+                 "AZURE_OPENAI_RPM", "AZURE_OPENAI_TPM"):
         monkeypatch.delenv(name, raising=False)
     return home
 
@@ -41,3 +44,10 @@ def catalog(sentiment_job: JobConfig) -> Catalog:
 def seeded(catalog: Catalog) -> demo.DemoSummary:
     """A small sample: 600 posts over 3 days, with updates and special posts."""
     return demo.seed_gold_tables(catalog, posts=600, days=3, start=SAMPLE_START)
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A real, throwaway Dagster instance."""
+    with dg.instance_for_test() as instance:
+        yield instance

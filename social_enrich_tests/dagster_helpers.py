@@ -38,13 +38,18 @@ def drop_config(asset: str = "social_media_sentiment") -> dict[str, Any]:
     return {"ops": {asset: {"config": {"drop": True}}}}
 
 
-def edited_sentiment_defs(tmp_path: Path, replacements: dict[str, str]) -> dg.Definitions:
-    """Definitions built from a copy of the sentiment job YAML with some lines replaced."""
+def edited_sentiment_yaml(folder: Path, replacements: dict[str, str]) -> Path:
+    """A copy of the sentiment job YAML in ``folder`` (created), with some lines replaced."""
     text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
     for old, new in replacements.items():
         assert old in text, old
         text = text.replace(old, new)
-    job_dir = tmp_path / "jobs"
-    job_dir.mkdir()
-    (job_dir / "sentiment.yaml").write_text(text)
-    return build_definitions([job_dir])
+    folder.mkdir()
+    path = folder / "sentiment.yaml"
+    path.write_text(text)
+    return path
+
+
+def edited_sentiment_defs(tmp_path: Path, replacements: dict[str, str]) -> dg.Definitions:
+    """Definitions built from a copy of the sentiment job YAML with some lines replaced."""
+    return build_definitions([edited_sentiment_yaml(tmp_path / "jobs", replacements).parent])

@@ -15,12 +15,6 @@ from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_de
 TARGET = "enriched.social_media_sentiment"
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def target_rows(catalog) -> pa.Table:
     return load_table(catalog, TARGET).scan().to_arrow()
 

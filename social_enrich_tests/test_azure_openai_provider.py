@@ -344,12 +344,6 @@ def azure_env(emulator: AzureOpenAIEmulator, api_key: str, monkeypatch: pytest.M
     return emulator
 
 
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def touched_keys(catalog: Catalog, day: dt.date) -> set[int]:
     """Posts with a row in either gold table whose last_update_time falls on the (UTC) day."""
     keys: set[int] = set()

@@ -240,7 +240,7 @@ class _PackRun:
             except openai.RateLimitError as e:
                 p.usage.throttled += 1
                 wait = _retry_after(e.response.headers) or 1.0
-                p._pacer.pause(wait)
+                p._pacer.on_throttled(wait)
                 self.concurrency.on_throttled()
                 raise _Transient(THROTTLED, wait) from None
             except openai.APIStatusError as e:
@@ -254,6 +254,7 @@ class _PackRun:
                 raise _Transient("timeout") from None
             except openai.APIConnectionError:
                 raise _Transient("connection error") from None
+            p._pacer.on_answer()
             self.concurrency.on_answer(
                 _header_int(raw.headers, "x-ratelimit-remaining-requests"),
                 _header_int(raw.headers, "x-ratelimit-remaining-tokens"),

@@ -13,24 +13,36 @@ import time
 
 
 class RequestPacer:
-    """Spaces request starts so requests and tokens per minute stay under ``headroom`` x the quota."""
+    """Spaces request starts so requests and tokens per minute stay under ``headroom`` x the quota.
+
+    Pacing alone can still overrun a window by one request (a request's tokens are charged at once,
+    in whatever window it lands). So a 429 also slows the pace by a fifth, and healthy answers win
+    the pace back slowly; this also covers other clients sharing the deployment's quota.
+    """
+
+    SLOWEST = 0.1  # never below a tenth of the configured quota
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None, headroom: float = 0.95) -> None:
         self._seconds_per_request = 60 / (requests_per_minute * headroom) if requests_per_minute else 0.0
         self._seconds_per_token = 60 / (tokens_per_minute * headroom) if tokens_per_minute else 0.0
         self._next_request = self._next_tokens = self._paused_until = 0.0
+        self.pace = 1.0  # share of the configured rate in use
 
     async def wait_turn(self, tokens: int) -> None:
         now = time.monotonic()
         start = max(now, self._next_request, self._next_tokens, self._paused_until)
-        self._next_request = start + self._seconds_per_request
-        self._next_tokens = start + tokens * self._seconds_per_token
+        self._next_request = start + self._seconds_per_request / self.pace
+        self._next_tokens = start + tokens * self._seconds_per_token / self.pace
         if start > now:
             await asyncio.sleep(start - now)
 
-    def pause(self, seconds: float) -> None:
-        """After a 429: no request starts before the server said it may."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+    def on_answer(self) -> None:
+        self.pace = min(1.0, self.pace + 0.002)
+
+    def on_throttled(self, retry_after: float) -> None:
+        """After a 429: no request starts before the server said it may, and the pace drops."""
+        self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+        self.pace = max(self.SLOWEST, self.pace * 0.8)
 
 
 class AdaptiveConcurrency:
@@ -60,8 +72,9 @@ class AdaptiveConcurrency:
             self._changed.notify_all()
 
     def on_answer(self, remaining_requests: int | None, remaining_tokens: int | None, request_tokens: int) -> None:
-        starved = (remaining_requests is not None and remaining_requests < self._in_flight) or (
-            remaining_tokens is not None and remaining_tokens < request_tokens * self._in_flight
+        waiting = max(1, self._in_flight)  # requests that will want quota soon, this one's successor at least
+        starved = (remaining_requests is not None and remaining_requests < waiting) or (
+            remaining_tokens is not None and remaining_tokens < request_tokens * waiting
         )
         if starved:
             self._healthy = 0
