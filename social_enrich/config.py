@@ -118,7 +118,7 @@ class InferenceConfig(_Strict):
     )
     workers: int = Field(default=20, ge=1, le=512, description="Most concurrent model requests; concurrency adapts below it.")
     posts_per_request: int = Field(default=20, ge=1, le=200, description="Posts packed into one model request.")
-    max_output_tokens_per_post: int = Field(default=40, ge=1, description="Answer budget per post (max_tokens).")
+    max_output_tokens_per_post: int = Field(default=32, ge=1, description="Answer budget per post (max_tokens).")
     max_input_tokens_per_post: int = Field(default=1000, ge=1, description="Longer text_field values are truncated.")
     checkpoint_posts: int = Field(default=200, ge=1, description="Answers are saved to the cache in chunks this big.")
     cache: bool = Field(default=True, description="Reuse answers for posts sent before with the same fields.")

@@ -29,7 +29,7 @@ def test_builtin_sentiment_job_loads_with_defaults():
     assert job.connector.catalog == {} and job.connector.warehouse is None  # the embedded default
     assert [t.table for t in job.connector.source.tables] == ["fact_social_media_reaction_post", "dim_post_details"]
     assert job.connector.target.partition_by == ["year"]
-    assert "post_key" in job.inference.exclude_fields
+    assert job.inference.include_fields == ["post_text", "hashtags", "language"]
 
 
 def test_environment_variables_fill_values(monkeypatch):

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from social_enrich.config import DEFAULT_PROMPT
-from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
+from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings, rate_limit_tokens
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.rate_limiter import AdaptiveConcurrency
+from social_enrich.inference.token_budget import estimate_request_tokens
 from social_enrich_tests.test_azure_openai_provider import API_KEY, DEPLOYMENT, NEGATIVE, POSITIVE, post, provider_for
 
 TEXTS = [POSITIVE, NEGATIVE, "The train leaves at 5 from platform 2.", "Not bad at all, quite good actually!"]
@@ -132,6 +133,13 @@ def test_retry_after_is_honoured(emulator: AzureOpenAIEmulator):
     # Each 429 was followed by a wait of about retry-after, so at most one per post.
     assert emulator.stats["throttled"] <= 2
     assert (dt.datetime.now() - started).total_seconds() >= 1.5
+
+
+def test_the_client_estimates_a_request_as_the_server_charges_it(emulator: AzureOpenAIEmulator):
+    provider_for(emulator.endpoint, posts_per_request=7).score(posts(7))
+    (body,) = emulator.requests_log
+    estimate = estimate_request_tokens(body["messages"], body["response_format"], body["max_tokens"])
+    assert estimate == rate_limit_tokens(body) == emulator.stats["rate_limit_tokens"]
 
 
 def test_prompt_injection_is_answered_as_data(emulator: AzureOpenAIEmulator):

@@ -129,7 +129,7 @@ def test_uuid_and_decimal_keys_with_nested_columns_are_scored_and_moved_between_
         append_rows(table, [{"k": k, "body": "I love it", "tags": ["a"], "meta": {"shares": 1}, "at": at(D1)} for k in keys])
         append_rows(table, [{"k": keys[0], "body": "I hate it now", "tags": [], "meta": {"shares": 2}, "at": at(D2)}])
         raw = job_for(sentiment_job, [{"database": "gold", "table": f"posts_{name}", "datetime_field": "at", "index_field": "k"}],
-                      text_field="body", exclude_fields=[]).model_dump()
+                      text_field="body", include_fields=None).model_dump()
         raw["connector"]["target"].update(index_field="k", table=f"scores_{name}")
         job = JobConfig.model_validate(raw)
         assert enrich_partition(job, D1, catalog, provider).statuses == {"ok": 2}
@@ -158,7 +158,7 @@ def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job
     table = create_table(catalog, "gold.numbers", [("id", LongType()), ("body", LongType()), ("at", TimestamptzType())])
     append_rows(table, [{"id": 1, "body": 42, "at": dt.datetime(2026, 11, 2, 9, tzinfo=UTC)}])
     job = job_for(sentiment_job, [{"database": "gold", "table": "numbers", "datetime_field": "at", "index_field": "id"}],
-                  text_field="body", exclude_fields=[], max_failed_share=1.0)
+                  text_field="body", include_fields=None, max_failed_share=1.0)
     raw = job.model_dump()
     raw["connector"]["target"]["index_field"] = "id"
     job = JobConfig.model_validate(raw)
@@ -171,7 +171,7 @@ def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job
 def test_progress_is_logged_with_rate_and_eta(catalog, sentiment_job, reactions_and_texts, caplog, monkeypatch):
     monkeypatch.setattr(enrichment, "PROGRESS_EVERY_SECONDS", 0.0)
     monkeypatch.setattr(enrichment, "CHUNK_POSTS", 1)  # one post per chunk: progress after each
-    job = job_for(sentiment_job, reactions_and_texts, text_field="body", exclude_fields=[])
+    job = job_for(sentiment_job, reactions_and_texts, text_field="body", include_fields=None)
     with caplog.at_level(logging.INFO):
         report = enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment), log=logging.getLogger("t"))
     assert report.statuses == {"ok": 2}

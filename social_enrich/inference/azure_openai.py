@@ -37,6 +37,7 @@ from social_enrich.inference.usage import Usage
 
 ENDPOINT_VAR = "AZURE_OPENAI_ENDPOINT"
 THROTTLED = "HTTP 429"
+ANSWER_OVERHEAD_TOKENS = 8  # {"results":[...]} around the items
 RETRYABLE_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
 FILTERED_PROMPT = "content_filter: the prompt was filtered by Azure OpenAI's content policy"
 FILTERED_ANSWER = "content_filter: the answer was filtered by Azure OpenAI's content policy"
@@ -228,7 +229,7 @@ class _PackRun:
     async def _attempt(self, posts: list[PostToScore]) -> _Outcome:
         p = self.p
         messages = build_messages(p._inference.prompt, posts)
-        max_tokens = len(posts) * p._inference.max_output_tokens_per_post
+        max_tokens = ANSWER_OVERHEAD_TOKENS + len(posts) * p._inference.max_output_tokens_per_post
         cost = estimate_request_tokens(messages, p._response_format, max_tokens)
         async with self.concurrency:
             await p._pacer.wait_turn(cost)

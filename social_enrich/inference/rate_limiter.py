@@ -49,7 +49,7 @@ class AdaptiveConcurrency:
     """Requests in flight, as an async context manager whose limit adapts (AIMD, like TCP).
 
     The limit grows by one per round of healthy answers, halves on a 429, and shrinks by one when
-    the server's remaining quota could not take the requests in flight. Answers are reported inside
+    the server's remaining quota could not take another request like this one. Answers are reported inside
     the block, so the release that follows wakes the waiters a raised limit lets in.
     """
 
@@ -72,9 +72,10 @@ class AdaptiveConcurrency:
             self._changed.notify_all()
 
     def on_answer(self, remaining_requests: int | None, remaining_tokens: int | None, request_tokens: int) -> None:
-        waiting = max(1, self._in_flight)  # requests that will want quota soon, this one's successor at least
-        starved = (remaining_requests is not None and remaining_requests < waiting) or (
-            remaining_tokens is not None and remaining_tokens < request_tokens * waiting
+        # The server says the next request would not fit: more at once would only collect 429s. (Not
+        # "little is left": pacing near the quota leaves little on purpose.)
+        starved = (remaining_requests is not None and remaining_requests < 1) or (
+            remaining_tokens is not None and remaining_tokens < request_tokens
         )
         if starved:
             self._healthy = 0

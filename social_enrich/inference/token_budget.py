@@ -22,7 +22,7 @@ def estimate_request_tokens(messages: list[dict[str, str]], response_format: dic
     """What the rate limiter charges for a request: its prompt (messages and schema) plus max_tokens."""
     chars = sum(len(m["content"]) for m in messages)
     if response_format and response_format.get("type") == "json_schema":
-        chars += len(json.dumps(response_format["json_schema"].get("schema", {})))
+        chars += len(json.dumps(response_format["json_schema"], separators=(",", ":")))
     return math.ceil(chars / CHARS_PER_TOKEN) + max_tokens
 
 
