@@ -346,6 +346,8 @@ def test_stats_count_requests_statuses_and_tokens(emulator: AzureOpenAIEmulator,
 
     with urllib.request.urlopen(emulator.endpoint + "/stats", timeout=5) as response:
         served = json.load(response)
+    # The same snapshot as JSON; only the uptime moved on between the two reads.
+    assert served.pop("uptime_seconds") >= stats.pop("uptime_seconds")
     assert served == {**stats, "by_status": {"200": 2, "500": 1}}
 
 
@@ -365,8 +367,10 @@ def test_latency_delays_every_answer(emulator: AzureOpenAIEmulator, azure: opena
     emulator.settings.latency_seconds = 0.3  # settings are read per request
 
     assert _timed_create(azure, POSITIVE) >= 0.3 > fast
-    with pytest.raises(openai.InternalServerError):  # errors wait too
+    start = time.monotonic()
+    with pytest.raises(openai.InternalServerError):  # errors come before any generation: no latency
         azure.chat.completions.create(model=DEPLOYMENT, messages=_user("EMULATOR_FAULT:http_500"))
+    assert time.monotonic() - start < 0.3
     assert emulator.stats["by_status"] == {200: 2, 500: 1}
 
 

@@ -1,0 +1,340 @@
+"""HTTP plumbing: routing, auth, rate limits, faults and latency around the pure chat builder."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .chat import answer_fault_of, build_chat_reply, with_cached_tokens
+from .latency import reply_delay
+from .prompt import rate_limit_tokens
+from .prompt_cache import PromptCache
+from .randomness import Randomness
+from .rate_limits import UNLIMITED_REQUESTS, UNLIMITED_TOKENS, RateLimiter
+from .replies import Reply, error_reply, throttled_reply
+from .settings import EmulatorSettings
+from .stats import Stats
+
+_DEPLOYMENT_ROUTE = re.compile(r"^/openai/deployments/([^/]+)/chat/completions/?$")
+_V1_ROUTE = re.compile(r"^/openai/v1/chat/completions/?$")
+_UNLIMITED_HEADERS = {
+    "x-ratelimit-remaining-requests": str(UNLIMITED_REQUESTS),
+    "x-ratelimit-remaining-tokens": str(UNLIMITED_TOKENS),
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 keep-alive: the SDK pools connections, and benchmarks should measure the same.
+    protocol_version = "HTTP/1.1"
+    server_version = "AzureOpenAIEmulator/1"
+    server: "_EmulatorHTTPServer"
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; with Nagle's algorithm on, the second waits for the
+        # client's delayed ACK, adding ~40 ms to every answer.  Real latency comes from the model.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: tests and benchmarks don't want a line per request on stderr
+
+    def do_GET(self) -> None:
+        self._read_body()
+        if urlsplit(self.path).path.rstrip("/") == "/stats":
+            self._send(Reply(200, self.server.emulator.stats_json()), count=False)
+        else:
+            self._send(error_reply(404))
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        emulator = self.server.emulator
+        settings = emulator.settings
+        with emulator.request_in_flight():
+            try:
+                reply = self._handle_post(raw)
+            except Exception as exc:  # an emulator bug should surface as a 500, not a dropped connection
+                reply = error_reply(500, "EmulatorError", f"{type(exc).__name__}: {exc}")
+            if reply.no_answer == "timeout":
+                # Held so the client's own timeout fires first; stop() cuts the hold short.
+                self.server.stopping.wait(settings.timeout_hold_seconds)
+            elif reply.no_answer is None:
+                jitter = emulator._randomness.draw_jitter(settings) if reply.status == 200 else 1.0
+                delay = reply_delay(settings, reply, jitter)
+                if delay > 0:
+                    self.server.stopping.wait(delay)  # stop() cuts the wait short
+            # Counted, and out of flight, before the client can see the answer: a client that has
+            # its answer always finds it in the stats.
+            emulator.record(reply)
+        if reply.no_answer is not None:
+            # Nothing at all: handle() ends and socketserver closes the socket, so the client sees
+            # the connection end without a response (a connection error), and tracking stays clean.
+            self.close_connection = True
+            return
+        self._send(reply, count=False)
+
+    def do_PUT(self) -> None:
+        self._read_body()
+        self._send(error_reply(404))
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _handle_post(self, raw: bytes) -> Reply:
+        emulator = self.server.emulator
+        settings = emulator.settings
+        url = urlsplit(self.path)
+        route = _DEPLOYMENT_ROUTE.match(url.path)
+        if route is None and not _V1_ROUTE.match(url.path):
+            return error_reply(404)
+        api_versions = parse_qs(url.query).get("api-version")
+        # Azure answers 404 "Resource not found" when a deployments call lacks api-version.
+        if route is not None and not api_versions:
+            return error_reply(404)
+        deployment = route.group(1) if route is not None else None
+        if settings.fail_all_with is not None:
+            return self._untouched_quota(error_reply(settings.fail_all_with), deployment)
+        if not self._authorised(settings.api_key):
+            return self._untouched_quota(error_reply(401), deployment)
+
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            reply = error_reply(400, "BadRequest", "We could not parse the JSON body of your request.")
+            return self._untouched_quota(reply, deployment)
+        if not isinstance(body, dict):
+            reply = error_reply(400, "BadRequest", "The request body must be a JSON object.")
+            return self._untouched_quota(reply, deployment)
+        emulator.log_request(body)
+
+        if route is None:
+            deployment = body.get("model") if isinstance(body.get("model"), str) else None
+        if deployment not in settings.deployments:
+            reply = error_reply(
+                404,
+                "DeploymentNotFound",
+                "The API deployment for this resource does not exist. If you created the deployment "
+                "within the last 5 minutes, please wait a moment and try again.",
+            )
+            return self._untouched_quota(reply, None)
+        assert deployment is not None
+
+        def build(**fault: Any) -> Reply:
+            return build_chat_reply(
+                body, deployment, completion_id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), **fault
+            )
+
+        # Built before admission: without max_tokens, the cost is the answer's own completion tokens.
+        reply = build()
+        cost = rate_limit_tokens(body, completion_tokens=reply.completion_tokens)
+        admission = emulator._rate_limiter.admit(deployment, cost, settings)
+        if not admission.admitted:
+            assert admission.limit is not None
+            throttled = throttled_reply(admission.retry_after_seconds, admission.limit, (api_versions or ["v1"])[0])
+            throttled.headers.update(admission.headers())
+            return throttled
+
+        # Admitted: from here on the request has consumed quota, whatever happens to it.
+        kind, pick = emulator._randomness.draw_fault(settings)
+        cached = emulator._prompt_cache.cached_tokens(deployment, body) if reply.status == 200 else 0
+        if kind is not None and reply.status == 200 and answer_fault_of(reply) is None:
+            reply = build(fault=kind, omit_pick=pick)
+        with_cached_tokens(reply, cached)
+        reply.rate_limit_tokens = cost
+        reply.headers.update(admission.headers())
+        return reply
+
+    def _untouched_quota(self, reply: Reply, deployment: str | None) -> Reply:
+        """``reply`` with the remaining-quota headers of ``deployment``, for answers that consume none."""
+        emulator = self.server.emulator
+        if deployment is not None and deployment in emulator.settings.deployments:
+            reply.headers.update(emulator._rate_limiter.remaining(deployment, emulator.settings).headers())
+        return reply
+
+    def _authorised(self, api_key: str) -> bool:
+        if self.headers.get("api-key") == api_key:
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and token.strip() == api_key
+
+    def _read_body(self) -> bytes:
+        # Always drain the body, or the next request on this keep-alive connection is garbage.
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, reply: Reply, count: bool = True) -> None:
+        if count:
+            self.server.emulator.record(reply)
+        data = json.dumps(reply.payload).encode()
+        request_id = str(uuid.uuid4())
+        self.send_response(reply.status)
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(data)),
+            "apim-request-id": request_id,
+            "x-request-id": request_id,
+            "x-ms-region": "Emulator",
+            # Azure sends only the remaining quota (no x-ratelimit-limit-*); without a limit, large constants.
+            **_UNLIMITED_HEADERS,
+            **reply.headers,
+        }
+        try:
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (e.g. its timeout beat a slow answer): nothing to tell it.
+            self.close_connection = True
+
+
+class _EmulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the default listen backlog of 5 resets connections under concurrent load
+    allow_reuse_address = False  # port 0: the kernel picks a free port; no reuse games needed
+
+    def __init__(self, address: tuple[str, int], emulator: "AzureOpenAIEmulator"):
+        self.emulator = emulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self._no_connections = threading.Condition(self._connections_lock)
+        self.stopping = threading.Event()  # set by close_connections(); ends any reply delay early
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+            self._no_connections.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up (its timeout, a drop it answered with RST) is normal traffic, not an
+        # error worth a traceback on stderr; anything else still gets one.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def server_bind(self) -> None:
+        # Skip HTTPServer.server_bind's socket.getfqdn(), a reverse DNS lookup that can stall.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def close_connections(self, timeout: float = 2.0) -> None:
+        """Unblock idle keep-alive handlers so each closes its own socket, then wait for them.
+
+        Only the read side is shut: a handler mid-request still writes its answer, then sees EOF.
+        A handler holding its answer back (latency, ``slow``, ``timeout``) stops holding at once.
+        """
+        self.stopping.set()
+        with self._connections_lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass  # already gone
+            self._no_connections.wait_for(lambda: not self._connections, timeout)
+
+
+class AzureOpenAIEmulator:
+    """Azure OpenAI chat-completions emulator on a background thread. Usage::
+
+        with AzureOpenAIEmulator() as emu:
+            client = openai.AzureOpenAI(azure_endpoint=emu.endpoint, api_key="test-key", api_version="2024-10-21")
+    """
+
+    def __init__(self, settings: EmulatorSettings | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.settings = settings or EmulatorSettings()
+        self.host = host
+        self.port = port
+        self.endpoint = ""
+        self.requests_log: list[dict[str, Any]] = []
+        self._log_lock = threading.Lock()
+        self._stats = Stats()
+        self._rate_limiter = RateLimiter()
+        self._prompt_cache = PromptCache()
+        self._randomness = Randomness()
+        self._server: _EmulatorHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "AzureOpenAIEmulator":
+        if self._server is not None:
+            raise RuntimeError("emulator already started")
+        self._server = _EmulatorHTTPServer((self.host, self.port), self)
+        host, port = self._server.server_address[:2]
+        self.port = port
+        self.endpoint = f"http://{host}:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="azure-openai-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> "AzureOpenAIEmulator":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- bookkeeping, called from handler threads ---------------------------------------------
+
+    def log_request(self, body: dict[str, Any]) -> None:
+        with self._log_lock:
+            self.requests_log.append(body)
+
+    def record(self, reply: Reply) -> None:
+        self._stats.record(reply)
+
+    @contextmanager
+    def request_in_flight(self) -> Iterator[None]:
+        """Count a chat request as in flight for the duration of the block."""
+        with self._stats.in_flight():
+            yield
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """A consistent snapshot; see :class:`~.stats.Stats` for the keys."""
+        return self._stats.snapshot()
+
+    def stats_json(self) -> dict[str, Any]:
+        stats = self.stats
+        stats["by_status"] = {str(k): v for k, v in sorted(stats["by_status"].items())}
+        stats["faults"] = dict(sorted(stats["faults"].items()))
+        return stats
+
+    def reset_stats(self) -> None:
+        """Zero the counters (``in_flight`` stays live) and clear :attr:`requests_log`.
+
+        Rate-limit windows and the prompt cache are server state, not stats: they are kept.
+        """
+        self._stats.reset()
+        with self._log_lock:
+            self.requests_log.clear()

@@ -1,0 +1,141 @@
+"""The emulator's knobs: one dataclass, validated on creation and on every later assignment."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .faults import RANDOM_FAULTS, share_field
+
+
+class SettingsError(ValueError):
+    """A bad setting.  ``fields`` names the settings involved (the CLI maps them to its flags)."""
+
+    def __init__(self, fields: tuple[str, ...], problem: str):
+        self.fields = fields
+        self.problem = problem
+        super().__init__(f"{' and '.join(fields)} {problem}")
+
+
+@dataclass
+class EmulatorSettings:
+    """Server-wide knobs.  Read on every request, so a test may change fields of a running emulator;
+    an assignment is validated like the constructor's arguments (a bad one raises and is undone)."""
+
+    api_key: str = "test-key"
+    deployments: tuple[str, ...] = ("gpt-4o-mini",)
+    # When set, every chat request fails with this HTTP status (after routing, before auth).
+    fail_all_with: int | None = None
+
+    # -- rate limits, per deployment (None: unlimited) ------------------------------------------
+    # Like Azure, the per-minute figures are enforced over a sliding window of rate_window_seconds:
+    # at most rpm * window / 60 requests and tpm * window / 60 tokens in any such window.
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    rate_window_seconds: float = 10.0
+
+    # -- latency model (see reply_delay) -------------------------------------------------------
+    latency_seconds: float = 0.0  # base delay of every successful answer
+    latency_per_output_token_seconds: float = 0.0  # plus this per completion token
+    latency_jitter: float = 0.0  # both multiplied by a factor uniform in [1 - jitter, 1 + jitter]
+    # Extra delay for a request carrying EMULATOR_FAULT:slow, on top of the latency model.
+    slow_seconds: float = 2.0
+
+    # -- random faults: the share (0..1) of admitted chat requests getting each; sum <= 1 -------
+    share_http_500: float = 0.0
+    share_http_503: float = 0.0
+    share_drop: float = 0.0
+    share_timeout: float = 0.0
+    share_malformed_json: float = 0.0
+    share_content_filter: float = 0.0
+    share_missing_post: float = 0.0
+    # How long a "timeout" fault holds the request before dropping it (cut short by stop()).
+    timeout_hold_seconds: float = 30.0
+    # Seeds the emulator's RNG (faults, jitter); None: a fresh seed.  Changing it re-seeds.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.deployments = _deployments(self.deployments)
+        for name in _FIELD_NAMES:
+            _check_field(self, name)
+        _check_combinations(self)
+        object.__setattr__(self, "_ready", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not self.__dict__.get("_ready") or name not in _FIELD_NAMES:
+            object.__setattr__(self, name, value)
+            return
+        if name == "deployments":
+            value = _deployments(value)
+        old = getattr(self, name)
+        object.__setattr__(self, name, value)
+        try:
+            _check_field(self, name)
+            _check_combinations(self)
+        except SettingsError:
+            object.__setattr__(self, name, old)
+            raise
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(EmulatorSettings))
+_NON_NEGATIVE = ("latency_seconds", "latency_per_output_token_seconds", "slow_seconds", "timeout_hold_seconds")
+_FRACTIONS = ("latency_jitter",) + tuple(share_field(kind) for kind in RANDOM_FAULTS)
+_POSITIVE_INTS = ("requests_per_minute", "tokens_per_minute")
+# Float sums like 0.1 + 0.2 + 0.7 land a hair above 1.
+_SHARE_SUM_SLACK = 1e-9
+
+
+def _deployments(value: Any) -> Any:
+    # Lists are welcome (CLI, YAML); stored as a tuple so the settings can't be mutated in place.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_field(settings: EmulatorSettings, name: str) -> None:
+    value = getattr(settings, name)
+    if name == "api_key":
+        if not isinstance(value, str):
+            raise SettingsError((name,), f"must be a string, got {value!r}")
+    elif name == "deployments":
+        if not (isinstance(value, tuple) and value and all(isinstance(d, str) and d for d in value)):
+            raise SettingsError((name,), f"must be a non-empty tuple of non-empty strings, got {value!r}")
+    elif name == "fail_all_with":
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599):
+            raise SettingsError((name,), f"must be None or an HTTP error status 400-599, got {value!r}")
+    elif name in _POSITIVE_INTS:
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise SettingsError((name,), f"must be None (unlimited) or an integer > 0, got {value!r}")
+    elif name == "rate_window_seconds":
+        if not (_is_number(value) and 0 < value < math.inf):
+            raise SettingsError((name,), f"must be a finite number > 0, got {value!r}")
+    elif name in _NON_NEGATIVE:
+        if not (_is_number(value) and 0 <= value < math.inf):
+            raise SettingsError((name,), f"must be a finite number >= 0, got {value!r}")
+    elif name in _FRACTIONS:
+        if not (_is_number(value) and 0 <= value <= 1):
+            raise SettingsError((name,), f"must be a number from 0 to 1, got {value!r}")
+    elif name == "seed":
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise SettingsError((name,), f"must be None or an integer, got {value!r}")
+
+
+def _check_combinations(settings: EmulatorSettings) -> None:
+    shares = {share_field(kind): getattr(settings, share_field(kind)) for kind in RANDOM_FAULTS}
+    total = sum(shares.values())
+    if total > 1 + _SHARE_SUM_SLACK:
+        involved = tuple(name for name, share in shares.items() if share > 0)
+        raise SettingsError(involved, f"must sum to at most 1 (one fault per request), got {total:g}")
+    # A window must hold at least one request and one token, or nothing would ever be admitted.
+    window = settings.rate_window_seconds
+    for name in _POSITIVE_INTS:
+        per_minute = getattr(settings, name)
+        if per_minute is not None and per_minute * window / 60 < 1:
+            raise SettingsError(
+                (name, "rate_window_seconds"),
+                f"allow less than 1 per window ({per_minute} * {window:g} s / 60 = {per_minute * window / 60:g}); "
+                "raise the limit or the window",
+            )

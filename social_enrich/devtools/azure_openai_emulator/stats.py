@@ -1,0 +1,93 @@
+"""Counters of what the emulator answered, read as one consistent snapshot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .replies import Reply
+
+
+class Stats:
+    """Thread-safe counters.  Snapshot keys:
+
+    * ``requests``: requests answered (or dropped); ``by_status``: status -> count (dropped ones have none);
+    * ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``: usage of the answers sent;
+    * ``rate_limit_tokens``: sum of what admitted requests were charged against the token limit;
+    * ``throttled``: 429 answers; ``faults``: fault kind -> count (markers and random, drop and timeout too);
+    * ``posts_answered``: items in the per-post arrays of 200 answers (1 for a single-post answer);
+    * ``in_flight``: chat requests received and not yet answered; ``max_in_flight``: the most at once;
+    * ``started_at`` (Unix time) and ``uptime_seconds``: since the emulator was created or the stats reset.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._zero()
+
+    def _zero(self) -> None:
+        self._requests = 0
+        self._by_status: dict[int, int] = {}
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._cached_tokens = 0
+        self._rate_limit_tokens = 0
+        self._throttled = 0
+        self._faults: dict[str, int] = {}
+        self._posts_answered = 0
+        self._max_in_flight = self._in_flight  # a peak since the reset; what is in flight now counts
+        self._started_at = time.time()
+        self._started_monotonic = time.monotonic()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._zero()
+
+    def record(self, reply: Reply) -> None:
+        with self._lock:
+            self._requests += 1
+            if reply.no_answer is None:
+                self._by_status[reply.status] = self._by_status.get(reply.status, 0) + 1
+            if reply.status == 429:
+                self._throttled += 1
+            if reply.status == 200:
+                self._posts_answered += reply.posts
+            self._prompt_tokens += reply.prompt_tokens
+            self._completion_tokens += reply.completion_tokens
+            self._cached_tokens += reply.cached_tokens
+            self._rate_limit_tokens += reply.rate_limit_tokens
+            for kind in reply.faults:
+                self._faults[kind] = self._faults.get(kind, 0) + 1
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a chat request as in flight for the duration of the block."""
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "by_status": dict(self._by_status),
+                "prompt_tokens": self._prompt_tokens,
+                "completion_tokens": self._completion_tokens,
+                "cached_tokens": self._cached_tokens,
+                "rate_limit_tokens": self._rate_limit_tokens,
+                "throttled": self._throttled,
+                "faults": dict(self._faults),
+                "posts_answered": self._posts_answered,
+                "in_flight": self._in_flight,
+                "max_in_flight": self._max_in_flight,
+                "started_at": self._started_at,
+                "uptime_seconds": round(time.monotonic() - self._started_monotonic, 3),
+            }
