@@ -17,7 +17,7 @@ from pyiceberg.catalog import Catalog
 from social_enrich.config import JobConfig
 from social_enrich.environment import response_cache_path
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
-from social_enrich.inference.response_cache import ResponseCache, cache_key
+from social_enrich.inference.response_cache import Checkpoint, ResponseCache, cache_key
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaError, read_partition
@@ -144,24 +144,6 @@ def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging
     return chunk
 
 
-class _Checkpoint:
-    """Saves answers to the cache every ``every`` results, so a killed run loses one chunk at most."""
-
-    def __init__(self, cache: ResponseCache, every: int) -> None:
-        self.cache, self.every = cache, every
-        self.pending: list[tuple[str, ScoreResult]] = []
-
-    def add(self, key: str, result: ScoreResult) -> None:
-        self.pending.append((key, result))
-        if len(self.pending) >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.cache.put_many(self.pending)
-            self.pending = []
-
-
 def score_chunk(
     job: JobConfig, provider: Provider, chunk: _Chunk, cache: ResponseCache | None, progress: _ProgressLog, report: EnrichmentReport
 ) -> list[ScoreResult]:
@@ -181,7 +163,7 @@ def score_chunk(
         todo = [n for n, key in enumerate(keys) if key not in hits]
         report.cache_hits += len(keys) - len(todo)
         progress(len(keys) - len(todo))
-    checkpoint = _Checkpoint(cache, job.inference.checkpoint_posts) if cache is not None else None
+    checkpoint = Checkpoint(cache, job.inference.checkpoint_posts) if cache is not None else None
 
     def on_result(n: int, result: ScoreResult) -> None:
         chunk.results[chunk.positions[todo[n]]] = result

@@ -140,7 +140,7 @@ def test_posts_are_packed_and_matched_back_by_id(emulator: AzureOpenAIEmulator, 
     results = provider_for(emulator.endpoint, posts_per_request=20).score([post(t, i) for i, t in enumerate(texts)])
 
     assert [r.response.label for r in results] == ["positive" if i % 3 else "negative" for i in range(45)]
-    assert [len(sent_posts(body)) for body in emulator.requests_log] == [20, 20, 5]
+    assert sorted(len(sent_posts(body)) for body in emulator.requests_log) == [5, 20, 20]
     assert emulator.stats["posts_answered"] == 45
 
 

@@ -211,3 +211,26 @@ def test_unknown_profile(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_PROFILE", "nope")
     e = _resolve_error(monkeypatch, "prod/openai")
     assert "ProfileNotFound" in str(e)
+
+
+# --- end to end: a materialization whose key and endpoint come only from the secret --------------
+
+
+def test_a_partition_is_scored_with_the_key_and_endpoint_from_the_secret(
+    monkeypatch: pytest.MonkeyPatch, seeded, catalog, instance, caplog: pytest.LogCaptureFixture
+) -> None:
+    from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
+    from social_enrich_tests.dagster_helpers import materialization_metadata, materialize_day
+
+    with AzureOpenAIEmulator(EmulatorSettings(api_key=KEY, deployments=("gpt-4o-mini",))) as emulator:
+        name = _create_secret(string=json.dumps({"OPENAI_API_KEY": KEY, "OPENAI_API_BASE": emulator.endpoint}))
+        monkeypatch.setenv("OPENAI_SECRET_NAME", name)  # no AZURE_OPENAI_* variable at all
+        caplog.set_level(logging.DEBUG)  # from here on: every log line of the run, botocore's included
+
+        result = materialize_day(instance, "2026-11-01")
+
+        assert emulator.stats["by_status"].get(200, 0) > 0  # provider auto chose Azure OpenAI: the secret names one
+    metadata = materialization_metadata(result)
+    assert metadata["model"] == "gpt-4o-mini" and metadata["posts_scored"] > 150
+    logged = "\n".join(str(record) for record in instance.all_logs(result.run_id)) + caplog.text
+    assert KEY not in logged and KEY not in json.dumps({k: str(v) for k, v in metadata.items()})

@@ -82,7 +82,9 @@ def test_burst_above_the_window_allowance_gets_429s(emulator: AzureOpenAIEmulato
 
 
 def test_after_retry_after_ms_the_request_is_admitted(emulator: AzureOpenAIEmulator, client: openai.AzureOpenAI):
-    emulator.settings.requests_per_minute = 180  # 3 per window
+    # A 3 s window, so the six requests below land in one window even on a loaded machine.
+    emulator.settings.rate_window_seconds = 3.0
+    emulator.settings.requests_per_minute = 60  # 3 per window
     statuses = [_send(client)[0] for _ in range(3)]
     rejected: list[dict[str, str]] = []
     for _ in range(3):  # three rejections, all inside the window

@@ -117,7 +117,7 @@ def test_a_window_too_small_for_the_pace_slows_it_down(emulator: AzureOpenAIEmul
 
     assert labels(results) == fault_free_labels[:48]
     assert 0 < emulator.stats["throttled"] <= 3
-    assert provider._pacer.pace < 1
+    assert provider.pacer.pace < 1
 
 
 def test_retry_after_is_honoured(emulator: AzureOpenAIEmulator):

@@ -180,8 +180,8 @@ def test_a_run_killed_half_way_resumes_paying_only_for_what_is_missing(
     report = enrich_partition(small_packs_job, DAY, catalog, provider)
 
     sent = report.statuses["ok"] + report.statuses["filtered"]
-    assert report.cache_hits == cached
-    assert emulator.stats["requests"] <= math.ceil((sent - cached) / PACK)  # only the missing posts
+    assert report.cache_hits >= cached  # more when two posts send the same fields: one answer serves both
+    assert emulator.stats["requests"] <= math.ceil((sent - report.cache_hits) / PACK)  # only the missing posts
     resumed = read_target(catalog)
     keys = resumed["post_key"].to_pylist()
     assert len(keys) == len(set(keys)) == report.posts  # none lost, none twice

@@ -131,11 +131,11 @@ class AzureOpenAIProvider:
     def __init__(self, client_args: dict[str, Any], inference: InferenceConfig, response_model: type[BaseModel]) -> None:
         self.model_id = inference.model
         self._client_args = client_args
-        self._inference = inference
-        self._response_model = response_model
-        self._response_format = response_format(response_model)
+        self.inference = inference
+        self.response_model = response_model
+        self.response_format = response_format(response_model)
         limits = inference.rate_limit
-        self._pacer = RequestPacer(limits.requests_per_minute, limits.tokens_per_minute, limits.headroom)
+        self.pacer = RequestPacer(limits.requests_per_minute, limits.tokens_per_minute, limits.headroom)
         self._concurrency_start = min(4, inference.workers)
         self.usage = Usage()  # over the provider's life; callers take differences
         self.peak_concurrency = 0
@@ -157,8 +157,8 @@ class AzureOpenAIProvider:
                 on_result(position, result)
 
         # Concurrency objects belong to one event loop; the limit it reached carries over to the next call.
-        concurrency = AdaptiveConcurrency(self._inference.workers, start=self._concurrency_start)
-        size = self._inference.posts_per_request
+        concurrency = AdaptiveConcurrency(self.inference.workers, start=self._concurrency_start)
+        size = self.inference.posts_per_request
         async with openai.AsyncAzureOpenAI(**self._client_args) as client:
             run = _PackRun(self, client, concurrency, posts, settle)
             packs = [list(range(start, min(start + size, len(posts)))) for start in range(0, len(posts), size)]
@@ -171,7 +171,7 @@ class AzureOpenAIProvider:
 class _PackRun:
     """One ``score`` call: sends packs, splits and retries them, and settles every post exactly once."""
 
-    def __init__(self, provider: AzureOpenAIProvider, client: openai.AsyncAzureOpenAI, concurrency: AdaptiveConcurrency, posts: Sequence[PostToScore], settle: Any) -> None:
+    def __init__(self, provider: AzureOpenAIProvider, client: openai.AsyncAzureOpenAI, concurrency: AdaptiveConcurrency, posts: Sequence[PostToScore], settle: Callable[[int, ScoreResult], None]) -> None:
         self.p, self.client, self.concurrency, self.posts, self.settle = provider, client, concurrency, posts, settle
 
     async def settle_pack(self, pack: list[int]) -> None:
@@ -189,15 +189,12 @@ class _PackRun:
         else:
             for position, answer in outcome.matched.answers.items():
                 self.settle(pack[position], ScoreResult("ok", answer))
-            if len(pack) == 1:  # a lone post's problems were already retried by _send
-                for position, problem in outcome.matched.problems.items():
-                    self.settle(pack[position], ScoreResult.failed(problem))
-            else:
-                await asyncio.gather(*(self.settle_pack([pack[position]]) for position in outcome.matched.problems))
+            # Only a pack of several has problems here: a lone post's are retried inside _send.
+            await asyncio.gather(*(self.settle_pack([pack[position]]) for position in outcome.matched.problems))
 
     async def _send(self, posts: list[PostToScore]) -> _Outcome:
         """One request, retried while it fails in passing; a final failure sums up every attempt."""
-        retry = self.p._inference.retry
+        retry = self.p.inference.retry
         errors: list[str] = []
         started = time.monotonic()
 
@@ -228,20 +225,20 @@ class _PackRun:
 
     async def _attempt(self, posts: list[PostToScore]) -> _Outcome:
         p = self.p
-        messages = build_messages(p._inference.prompt, posts)
-        max_tokens = ANSWER_OVERHEAD_TOKENS + len(posts) * p._inference.max_output_tokens_per_post
-        cost = estimate_request_tokens(messages, p._response_format, max_tokens)
+        messages = build_messages(p.inference.prompt, posts)
+        max_tokens = ANSWER_OVERHEAD_TOKENS + len(posts) * p.inference.max_output_tokens_per_post
+        cost = estimate_request_tokens(messages, p.response_format, max_tokens)
         async with self.concurrency:
-            await p._pacer.wait_turn(cost)
+            await p.pacer.wait_turn(cost)
             p.usage.requests += 1
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(
-                    model=p.model_id, messages=messages, response_format=p._response_format, max_tokens=max_tokens  # type: ignore[arg-type]
+                    model=p.model_id, messages=messages, response_format=p.response_format, max_tokens=max_tokens  # type: ignore[arg-type]
                 )
             except openai.RateLimitError as e:
                 p.usage.throttled += 1
                 wait = _retry_after(e.response.headers) or 1.0
-                p._pacer.on_throttled(wait)
+                p.pacer.on_throttled(wait)
                 self.concurrency.on_throttled()
                 raise _Transient(THROTTLED, wait) from None
             except openai.APIStatusError as e:
@@ -255,7 +252,7 @@ class _PackRun:
                 raise _Transient("timeout") from None
             except openai.APIConnectionError:
                 raise _Transient("connection error") from None
-            p._pacer.on_answer()
+            p.pacer.on_answer()
             self.concurrency.on_answer(
                 _header_int(raw.headers, "x-ratelimit-remaining-requests"),
                 _header_int(raw.headers, "x-ratelimit-remaining-tokens"),
@@ -276,7 +273,7 @@ class _PackRun:
         if choice.message.refusal:
             return _Outcome("unreadable" if size > 1 else "failed", f"the model refused: {choice.message.refusal}")
         try:
-            matched = match_answer(choice.message.content, size, self.p._response_model)
+            matched = match_answer(choice.message.content, size, self.p.response_model)
         except UnreadableAnswer as e:
             reason = "the answer was cut off at max_tokens" if choice.finish_reason == "length" else str(e)
             if size == 1:

@@ -77,3 +77,21 @@ class ResponseCache:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO answers (key, status, response, error) VALUES (?, ?, ?, ?)", rows)
         return len(rows)
+
+
+class Checkpoint:
+    """Saves answers to the cache every ``every`` results, so a killed run loses one chunk at most."""
+
+    def __init__(self, cache: ResponseCache, every: int) -> None:
+        self.cache, self.every = cache, every
+        self.pending: list[tuple[str, ScoreResult]] = []
+
+    def add(self, key: str, result: ScoreResult) -> None:
+        self.pending.append((key, result))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.cache.put_many(self.pending)
+            self.pending = []
