@@ -190,3 +190,17 @@ def test_a_run_killed_half_way_resumes_paying_only_for_what_is_missing(
     response_cache_path().unlink()
     enrich_partition(small_packs_job, DAY, catalog, build_provider(small_packs_job, AzureOpenAIResource()), drop=True)
     assert comparable(read_target(catalog)) == comparable(resumed)
+
+
+def test_empty_and_blank_posts_are_not_sent_and_emoji_only_ones_are(emulator: AzureOpenAIEmulator, seeded, catalog: Catalog, instance):
+    texts = {9_000_101: "", 9_000_102: "   \n\t ", 9_000_103: "😍🔥🎉"}
+    append_posts(catalog, texts, DAY)
+
+    materialize_day(instance, DAY.isoformat())
+
+    rows = {r["post_key"]: r for r in read_target(catalog).to_pylist() if r["post_key"] in texts}
+    assert rows[9_000_101]["status"] == rows[9_000_102]["status"] == "failed"
+    assert rows[9_000_101]["error"] == rows[9_000_102]["error"] == "post_text is empty"
+    assert rows[9_000_103]["status"] == "ok" and rows[9_000_103]["label"] == "positive"
+    sent = [p["post_text"] for body in emulator.requests_log for p in sent_posts(body)]
+    assert "😍🔥🎉" in sent and not [t for t in sent if not t.strip()]
