@@ -91,7 +91,7 @@ def vader_alone(day: dt.date, timer: ModelTimer) -> tuple[int, float]:
 
     job = next(j for j in discover_job_configs() if j.asset_name == ASSET)
     posts = read_partition(open_catalog(job.connector), job, day).posts
-    texts = [t for t in posts[job.inference.text_field].to_pylist() if isinstance(t, str)]  # as the pipeline skips nulls
+    texts = [t for t in posts[job.inference.text_field].to_pylist() if isinstance(t, str) and t.strip()]  # as the pipeline skips them
     model = VaderSentimentModel()
     began = time.perf_counter()
     for text in texts:

@@ -258,7 +258,11 @@ class _PackRun:
                 _header_int(raw.headers, "x-ratelimit-remaining-tokens"),
                 cost,
             )
-        return self._read(raw.parse(), len(posts))
+        try:
+            completion = raw.parse()
+        except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose body is not a chat completion
+            raise _Transient(f"unreadable response body: {type(e).__name__}") from None
+        return self._read(completion, len(posts))
 
     def _read(self, completion: Any, size: int) -> _Outcome:
         usage = self.p.usage
