@@ -85,7 +85,10 @@ def test_after_retry_after_ms_the_request_is_admitted(emulator: AzureOpenAIEmula
     # A 3 s window, so the six requests below land in one window even on a loaded machine.
     emulator.settings.rate_window_seconds = 3.0
     emulator.settings.requests_per_minute = 60  # 3 per window
-    statuses = [_send(client)[0] for _ in range(3)]
+    # The oldest admission a second before the others, so it leaves the window well before them.
+    statuses = [_send(client)[0]]
+    time.sleep(1.0)
+    statuses += [_send(client)[0] for _ in range(2)]
     rejected: list[dict[str, str]] = []
     for _ in range(3):  # three rejections, all inside the window
         status, headers = _send(client)
@@ -98,8 +101,8 @@ def test_after_retry_after_ms_the_request_is_admitted(emulator: AzureOpenAIEmula
     # Admitted: the oldest admission left the window.  Had the three 429s (newer than every
     # admission) consumed quota they would still fill it, so a rejected request costs nothing.
     assert statuses == [200, 200, 200] and status == 200
-    # The window slides rather than resets: the younger admissions are still in it.
-    assert int(headers["x-ratelimit-remaining-requests"]) < 2
+    # The window slides rather than resets: the two younger admissions are still in it.
+    assert int(headers["x-ratelimit-remaining-requests"]) == 0
 
 
 def test_windows_are_per_deployment(emulator: AzureOpenAIEmulator, client: openai.AzureOpenAI):
