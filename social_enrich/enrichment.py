@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -252,7 +252,7 @@ def enrich_partition(
         capped=posts.capped,
     )
     log.info("%s: %d posts touched on %s", job.name, report.posts, day)
-    usage_before = provider.usage.copy()
+    usage_before = replace(provider.usage)
     cache = ResponseCache(response_cache_path()) if provider.caches_responses and job.inference.cache else None
     try:
         rows = score_partition(job, provider, day, posts, report, log, cache)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day

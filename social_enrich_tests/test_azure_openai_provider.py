@@ -8,48 +8,41 @@ catalog that ``conftest.state_home`` puts under tmp_path.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 from collections import Counter
 from collections.abc import Iterator
 
-import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog import Catalog
 
-from social_enrich.environment import response_cache_path
-from social_enrich.devtools.azure_openai_emulator import FAULT_MARKER, AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.config import InferenceConfig
+from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
+from social_enrich.environment import response_cache_path
 from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, AzureOpenAIConfigError, AzureOpenAIProvider, AzureOpenAIResource
 from social_enrich.inference.credentials import CredentialsError
-from social_enrich.inference.provider import PostToScore, ScoreResult
+from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
 from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day
+from social_enrich_tests.emulated_azure import (
+    API_KEY,
+    DAY,
+    DEPLOYMENT,
+    NEGATIVE,
+    POSITIVE,
+    PROMPT,
+    append_posts,
+    comparable,
+    fault,
+    inference,
+    post,
+    provider_for,
+    read_target,
+    sent_posts,
+    slow,
+)
 
-API_KEY = "sk-emulated-3f9c1a7e5b2d4c6e8a0f"  # distinctive, so a leak is unmistakable
-DEPLOYMENT = "sentiment-e2e-deployment"
-PROMPT = "Classify the sentiment of the social-media post given as JSON."
-ASSET = "social_media_sentiment"
-TARGET = ("enriched", "social_media_sentiment")
-DAY = dt.date(2026, 11, 1)
-
-POSITIVE = "I absolutely love this new phone, best purchase ever! Amazing camera 😍"
-NEGATIVE = "This is terrible. I hate it, worst customer service I have ever had."
-
-
-def post(text: str, key: int = 0, **extra: object) -> PostToScore:
-    return PostToScore(key=key, fields={"post_text": text, **extra}, text=text)
-
-
-def fault(name: str) -> str:
-    return f"Just a regular post about the weekend. {FAULT_MARKER}{name}"
-
-
-def slow(text: str) -> str:
-    """``text`` with the emulator's marker for an answer held back by ``settings.slow_seconds``."""
-    return f"{text} {FAULT_MARKER}slow"
 
 
 def closed_port() -> int:
@@ -57,20 +50,6 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def sent_posts(body: dict) -> list[dict]:
-    """The posts (id + fields) one logged request carried in its one user message."""
-    users = [m for m in body["messages"] if m["role"] == "user"]
-    assert len(users) == 1
-    return json.loads(users[0]["content"])["posts"]
-
-
-def inference(**settings: object) -> InferenceConfig:
-    """The engine's settings; tests keep retries few and fast unless they say otherwise."""
-    base = {"response_format": "sentiment", "model": DEPLOYMENT, "prompt": PROMPT, "workers": 4,
-            "retry": {"max_attempts": 3, "max_seconds": 30}}
-    return InferenceConfig.model_validate({**base, **settings})
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,11 +67,6 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
 def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
     return API_KEY
-
-
-def provider_for(endpoint: str, timeout_seconds: float = 10, **settings: object) -> AzureOpenAIProvider:
-    resource = AzureOpenAIResource(endpoint=endpoint, timeout_seconds=timeout_seconds)
-    return resource.build_provider(inference(**settings), Sentiment)
 
 
 @pytest.fixture
@@ -184,7 +158,7 @@ def test_server_error_is_retried_then_fails_the_post(emulator: AzureOpenAIEmulat
     provider = provider_for(emulator.endpoint, retry={"max_attempts": 3, "max_seconds": 30})
     (result,) = provider.score([post(fault(name))])
     assert result.status == "failed"
-    assert f"gave up after 3 attempts" in result.error and f"HTTP {status} x3" in result.error
+    assert "gave up after 3 attempts" in result.error and f"HTTP {status} x3" in result.error
     assert emulator.stats["by_status"] == {status: 3}
     assert provider.usage.requests == 3 and provider.usage.retries == 2
 
@@ -351,46 +325,14 @@ def touched_keys(catalog: Catalog, day: dt.date) -> set[int]:
     return keys
 
 
-FILLER = {"channel_name": "x", "author_handle": "@fault_tester", "language": "en"}
-
-
-def append_posts(catalog: Catalog, texts: dict[int, str], day: dt.date) -> None:
-    """Add posts with the given keys and texts to both gold tables, touched on ``day``."""
-    when = dt.datetime.combine(day, dt.time(12, 0), dt.timezone.utc)
-    for name in ("fact_social_media_reaction_post", "dim_post_details"):
-        table = catalog.load_table(("gold", name))
-        schema = table.schema().as_arrow()
-        columns = {}
-        for field in schema:
-            if field.name == "post_key":
-                values = list(texts)
-            elif field.name == "post_text":
-                values = list(texts.values())
-            elif field.name in ("last_update_time", "created_time"):
-                values = [when] * len(texts)
-            else:  # e.g. channel_name, language; reactions and other details stay null
-                values = [FILLER.get(field.name)] * len(texts)
-            columns[field.name] = pa.array(values, field.type)
-        table.append(pa.table(columns, schema=schema))
-
-
 def latest_texts(catalog: Catalog) -> dict[int, str | None]:
     """post_key -> post_text of its latest dim_post_details row."""
     rows = catalog.load_table(("gold", "dim_post_details")).scan().to_arrow().sort_by("last_update_time")
     return dict(zip(rows["post_key"].to_pylist(), rows["post_text"].to_pylist()))
 
 
-def read_target(catalog: Catalog) -> pa.Table:
-    return catalog.load_table(TARGET).scan().to_arrow()
-
-
 # Small packs: about 45 requests a day, so a 20% fault share reliably hits some of them.
 FAST_RETRIES = {"  posts_per_request: 20": "  posts_per_request: 5\n  retry: {max_attempts: 8, backoff_seconds: 0.05, max_backoff_seconds: 0.5}"}
-
-
-def comparable(rows: pa.Table) -> list[dict]:
-    """Target rows without the write time, in key order."""
-    return rows.drop_columns(["written_at"]).sort_by("post_key").to_pylist()
 
 
 def test_materialize_with_faults_ends_like_a_fault_free_run(

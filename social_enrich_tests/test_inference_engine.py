@@ -13,7 +13,7 @@ from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, Em
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.rate_limiter import AdaptiveConcurrency
 from social_enrich.inference.token_budget import estimate_request_tokens
-from social_enrich_tests.test_azure_openai_provider import API_KEY, DEPLOYMENT, NEGATIVE, POSITIVE, post, provider_for
+from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, NEGATIVE, POSITIVE, post, provider_for
 
 TEXTS = [POSITIVE, NEGATIVE, "The train leaves at 5 from platform 2.", "Not bad at all, quite good actually!"]
 FAST_RETRY = {"max_attempts": 8, "max_seconds": 60, "backoff_seconds": 0.02, "max_backoff_seconds": 0.2}

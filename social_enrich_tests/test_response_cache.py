@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 import signal
@@ -31,7 +30,7 @@ from social_enrich_tests.dagster_helpers import (
     materialization_metadata,
     materialize_day,
 )
-from social_enrich_tests.test_azure_openai_provider import API_KEY, DAY, DEPLOYMENT, append_posts, read_target, sent_posts
+from social_enrich_tests.emulated_azure import API_KEY, DAY, DEPLOYMENT, append_posts, comparable, read_target, sent_posts
 
 PACK = 5
 CHECKPOINT = 20
@@ -51,10 +50,6 @@ def small_packs_job(tmp_path: Path) -> JobConfig:
     """The sentiment job with small packs and checkpoints, so a partition takes many requests."""
     settings = f"  posts_per_request: {PACK}\n  checkpoint_posts: {CHECKPOINT}\n  retry: {{backoff_seconds: 0.05}}"
     return load_job_config(edited_sentiment_yaml(tmp_path / "jobs", {"  posts_per_request: 20": settings}))
-
-
-def comparable(rows: pa.Table) -> list[dict]:
-    return rows.drop_columns(["written_at"]).sort_by("post_key").to_pylist()
 
 
 def cached_answers() -> int:

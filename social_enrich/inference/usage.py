@@ -22,9 +22,6 @@ class Usage:
     def __sub__(self, other: Usage) -> Usage:
         return Usage(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
 
-    def copy(self) -> Usage:
-        return self + Usage()
-
     def cost_usd(self, prices: PriceConfig) -> float:
         uncached = self.prompt_tokens - self.cached_tokens
         total = uncached * prices.input + self.cached_tokens * prices.cached_input + self.completion_tokens * prices.output
