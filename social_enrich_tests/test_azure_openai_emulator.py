@@ -27,13 +27,9 @@ from social_enrich.devtools.azure_openai_emulator import (
     fill_schema,
     reply_delay,
 )
+from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, NEGATIVE, NEUTRAL, POSITIVE
 
 API_KEY = "secret-test-key"
-DEPLOYMENT = "gpt-4o-mini"
-API_VERSION = "2024-10-21"
-POSITIVE = "I absolutely love this new phone, best purchase ever!"
-NEGATIVE = "This is terrible. I hate it, worst service I have ever had."
-NEUTRAL = "The train leaves at 5 from platform 2."
 
 
 class Sentiment(BaseModel):

@@ -9,11 +9,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from typing import Literal
 
 import openai
 import pytest
-from pydantic import BaseModel
 
 from social_enrich.devtools.azure_openai_emulator import (
     FAULT_MARKER,
@@ -24,27 +22,9 @@ from social_enrich.devtools.azure_openai_emulator import (
     rate_limit_tokens,
 )
 from social_enrich.devtools.azure_openai_emulator.cli import main
+from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, NEGATIVE, NEUTRAL, POSITIVE, BatchSentiment, Sentiment, sdk_client
 
 API_KEY = "answers-test-key"
-DEPLOYMENT = "gpt-4o-mini"
-API_VERSION = "2024-10-21"
-POSITIVE = "I absolutely love this new phone, best purchase ever!"
-NEGATIVE = "This is terrible. I hate it, worst service I have ever had."
-NEUTRAL = "The train leaves at 5 from platform 2."
-
-
-class Sentiment(BaseModel):
-    label: Literal["positive", "negative", "neutral"]
-    score: float
-
-
-class PostSentiment(BaseModel):
-    id: str
-    sentiment: Sentiment
-
-
-class BatchSentiment(BaseModel):
-    items: list[PostSentiment]
 
 
 BATCH_SCHEMA = openai.pydantic_function_tool(BatchSentiment)["function"]["parameters"]
@@ -58,9 +38,7 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
 
 @pytest.fixture
 def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = openai.AzureOpenAI(
-        azure_endpoint=emulator.endpoint, api_key=API_KEY, api_version=API_VERSION, max_retries=0, timeout=10
-    )
+    client = sdk_client(emulator, API_KEY)
     yield client
     client.close()
 

@@ -7,12 +7,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Literal
 
 import openai
 import pydantic
 import pytest
-from pydantic import BaseModel
 
 from social_enrich.devtools.azure_openai_emulator import (
     FAULT_MARKER,
@@ -22,27 +20,9 @@ from social_enrich.devtools.azure_openai_emulator import (
     build_chat_reply,
     pick_fault,
 )
+from social_enrich_tests.emulator_sdk import DEPLOYMENT, NEGATIVE, NEUTRAL, POSITIVE, BatchSentiment, sdk_client
 
 API_KEY = "fault-test-key"
-DEPLOYMENT = "gpt-4o-mini"
-API_VERSION = "2024-10-21"
-POSITIVE = "I absolutely love this new phone, best purchase ever!"
-NEGATIVE = "This is terrible. I hate it, worst service I have ever had."
-NEUTRAL = "The train leaves at 5 from platform 2."
-
-
-class Sentiment(BaseModel):
-    label: Literal["positive", "negative", "neutral"]
-    score: float
-
-
-class PostSentiment(BaseModel):
-    id: str
-    sentiment: Sentiment
-
-
-class BatchSentiment(BaseModel):
-    items: list[PostSentiment]
 
 
 @pytest.fixture
@@ -52,9 +32,7 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
 
 
 def _client(emu: AzureOpenAIEmulator, timeout: float = 10) -> openai.AzureOpenAI:
-    return openai.AzureOpenAI(
-        azure_endpoint=emu.endpoint, api_key=API_KEY, api_version=API_VERSION, max_retries=0, timeout=timeout
-    )
+    return sdk_client(emu, API_KEY, timeout)
 
 
 @pytest.fixture

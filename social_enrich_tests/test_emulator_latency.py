@@ -17,10 +17,10 @@ from social_enrich.devtools.azure_openai_emulator import (
     jitter_factor,
     reply_delay,
 )
+from social_enrich_tests.emulator_sdk import DEPLOYMENT, POSITIVE, sdk_client
 
 API_KEY = "latency-test-key"
-DEPLOYMENT = "gpt-4o-mini"
-TEXT = "I absolutely love this new phone, best purchase ever!"
+TEXT = POSITIVE
 
 
 @pytest.fixture
@@ -31,9 +31,7 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
 
 @pytest.fixture
 def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = openai.AzureOpenAI(
-        azure_endpoint=emulator.endpoint, api_key=API_KEY, api_version="2024-10-21", max_retries=0, timeout=10
-    )
+    client = sdk_client(emulator, API_KEY)
     yield client
     client.close()
 

@@ -20,11 +20,10 @@ from social_enrich.devtools.azure_openai_emulator import (
     rate_limit_tokens,
 )
 from social_enrich.devtools.azure_openai_emulator.rate_limits import UNLIMITED_REQUESTS, UNLIMITED_TOKENS, RateLimiter
+from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, sdk_client
 
 API_KEY = "rate-limit-test-key"
-DEPLOYMENT = "gpt-4o-mini"
 OTHER = "gpt-4o"
-API_VERSION = "2024-10-21"
 # 40 characters: a prompt estimate of exactly 10 tokens.
 PROMPT_40 = "Rate this: I love the new camera a lot!!"
 
@@ -42,9 +41,7 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
 
 @pytest.fixture
 def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = openai.AzureOpenAI(
-        azure_endpoint=emulator.endpoint, api_key=API_KEY, api_version=API_VERSION, max_retries=0, timeout=10
-    )
+    client = sdk_client(emulator, API_KEY)
     yield client
     client.close()
 
