@@ -80,7 +80,6 @@ def match_answer(content: str | None, size: int, response_model: type[BaseModel]
             raise TypeError("results is not a list")
     except (ValueError, KeyError, TypeError) as e:
         raise UnreadableAnswer(f"the answer is not a JSON object with a results list: {type(e).__name__}: {e}") from None
-    item_model, _ = packed_models(response_model)
     matched = MatchedAnswer()
     seen: set[int] = set()
     for item in results:
