@@ -112,6 +112,21 @@ class PriceConfig(_Strict):
     output: float = Field(default=0.60, ge=0)
 
 
+class BatchConfig(_Strict):
+    """Azure OpenAI Global Batch: half the price, answers within the completion window instead of at once."""
+
+    enabled: bool = Field(default=False, description="Send the work through the Batch API instead of realtime calls.")
+    requests_per_file: int = Field(default=100_000, ge=1, le=100_000, description="Azure's cap per input file.")
+    max_file_bytes: int = Field(default=200_000_000, ge=1_000, le=200_000_000, description="Azure's cap per input file.")
+    poll_interval_seconds: int = Field(default=60, ge=60, description="Azure asks clients to poll no faster than this.")
+    stuck_after_hours: float = Field(default=26.0, gt=0, description="Cancel a batch still open this long after submission.")
+    on_expired: Literal["requeue", "realtime"] = Field(
+        default="requeue", description="Expired or failed items: submit them in a later batch, or score them realtime."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Batches an item may go through before it is failed.")
+    price_share: float = Field(default=0.5, gt=0, le=1, description="Batch price as a share of realtime (Global Batch: 0.5).")
+
+
 class InferenceConfig(_Strict):
     provider: Literal["auto", "local", "azure_openai"] = Field(
         default="auto", description="auto: Azure OpenAI when an endpoint is configured, else the local model."
@@ -134,6 +149,7 @@ class InferenceConfig(_Strict):
     include_fields: list[str] | None = Field(default=None, description="Send only these fields (default: all).")
     exclude_fields: list[str] = Field(default_factory=list, description="Never send these fields.")
     max_failed_share: float = Field(default=0.5, ge=0, le=1, description="Fail the partition above this share.")
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @field_validator("response_format")
     @classmethod
@@ -149,11 +165,31 @@ class InferenceConfig(_Strict):
         return value
 
 
+class AutomationConfig(_Strict):
+    """How the job keeps itself up to date: the snapshot sensor, backfill grouping and the model's pool."""
+
+    sensor_interval_seconds: int = Field(default=30, ge=5, description="Least time between two snapshot sensor ticks.")
+    fallback_days: int = Field(
+        default=7, ge=1, description="A re-created gold table: re-enrich its latest this many days."
+    )
+    max_partitions_per_run: int = Field(
+        default=31, ge=1, description="A backfill groups up to this many days into one run (one scan, one commit)."
+    )
+    backfill_above_days: int = Field(
+        default=31, ge=1, description="The sensor requests a backfill, not a run per day, above this many days."
+    )
+    pool: str = Field(
+        default="azure_openai", pattern=r"^[A-Za-z0-9_./-]+$",
+        description="Dagster concurrency pool of the runs that call the model; its limit caps them across runs.",
+    )
+
+
 class JobConfig(_Strict):
     name: str = Field(pattern=IDENTIFIER)
     description: str = ""
     connector: ConnectorConfig
     inference: InferenceConfig
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
     path: Path | None = Field(default=None, exclude=True)
 
     @cached_property
