@@ -1,9 +1,11 @@
 """`python -m social_enrich demo` seeds sample gold data, materializes its days and prints a summary;
-`python -m social_enrich seed` only seeds the sample gold tables."""
+`python -m social_enrich seed` only seeds the sample gold tables; `python -m social_enrich backfill`
+materializes a range of days in grouped runs, without a daemon."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import warnings
@@ -14,9 +16,16 @@ from pyiceberg.catalog import Catalog
 
 from social_enrich import demo
 from social_enrich.config import JobConfig, discover_job_configs
+from social_enrich.enrichment import days_between
 from social_enrich.definitions import build_definitions
 from social_enrich.environment import state_dir
 from social_enrich.lakehouse.catalog import load_table, open_catalog
+from social_enrich.lakehouse.partition_scan import days_text
+
+
+# Dagster's run tags for a partition range (what `dagster asset materialize --partition-range` sets).
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def _instance() -> dg.DagsterInstance:
@@ -46,37 +55,44 @@ def seed(catalog: Catalog, job: JobConfig, posts: int, days: int) -> demo.DemoSu
     return summary
 
 
+def materialize_range(
+    job_def: dg.JobDefinition, instance: dg.DagsterInstance, job: JobConfig, first: dt.date, last: dt.date, drop: bool = False
+) -> bool:
+    """One Dagster run of the days first..last (one scan, one commit); prints a line and says if it succeeded."""
+    result = job_def.execute_in_process(
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()},
+        asset_selection=[dg.AssetKey(job.asset_name)],
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            "ops": {job.asset_name: {"config": {"drop": drop}}},
+        },
+        raise_on_error=False,
+    )
+    meta = next(iter(result.asset_materializations_for_node(job.asset_name)), None)
+    if not result.success or meta is None:
+        print(f"  {days_text(first, last)}: run {result.run_id} FAILED; see `dagster dev` or the log above", file=sys.stderr)
+        return False
+    m = {k: v.value for k, v in meta.metadata.items()}
+    print(
+        f"  {days_text(first, last)}: {m['posts_touched']} posts, {m['posts_scored']} scored, {m['posts_failed']} failed, "
+        f"{m['duration_seconds']:.1f}s (run {result.run_id[:8]})",
+        flush=True,
+    )
+    return True
+
+
 def run_demo(posts: int, days: int, job_name: str) -> int:
     job = find_job(job_name)
     catalog = open_catalog(job.connector)
     summary = seed(catalog, job, posts, days)
 
-    defs = build_definitions()
-    job_def = defs.resolve_implicit_global_asset_job_def()
+    job_def = build_definitions().resolve_implicit_global_asset_job_def()
     instance = _instance()
     for n, day in enumerate(summary.days):
-        run_config = {
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-            # The sample gold tables were just re-created, so rebuild the target with the first day.
-            "ops": {job.asset_name: {"config": {"drop": n == 0}}},
-        }
-        result = job_def.execute_in_process(
-            instance=instance,
-            partition_key=day.isoformat(),
-            asset_selection=[dg.AssetKey(job.asset_name)],
-            run_config=run_config,
-            raise_on_error=False,
-        )
-        meta = next(iter(result.asset_materializations_for_node(job.asset_name)), None)
-        if not result.success or meta is None:
-            print(f"  {day}: run {result.run_id} FAILED; see `dagster dev` or the log above", file=sys.stderr)
+        # The sample gold tables were just re-created, so rebuild the target with the first day.
+        if not materialize_range(job_def, instance, job, day, day, drop=n == 0):
             return 1
-        m = {k: v.value for k, v in meta.metadata.items()}
-        print(
-            f"  {day}: {m['posts_touched']} posts, {m['posts_scored']} scored, {m['posts_failed']} failed, "
-            f"{m['duration_seconds']:.1f}s (run {result.run_id[:8]})",
-            flush=True,
-        )
 
     target = load_table(catalog, job.connector.target.identifier).scan().to_arrow()
     labels = Counter(target["label"].drop_null().to_pylist())
@@ -94,6 +110,21 @@ def run_demo(posts: int, days: int, job_name: str) -> int:
     return 0
 
 
+def run_backfill(job_name: str, first: dt.date, last: dt.date, max_per_run: int | None) -> int:
+    """The days first..last in runs of at most max_per_run days (the job's backfill grouping by default)."""
+    job = find_job(job_name)
+    size = max_per_run or job.automation.max_partitions_per_run
+    ranges = [(day, min(day + dt.timedelta(days=size - 1), last)) for day in days_between(first, last)[::size]]
+    print(f"Backfilling {days_text(first, last)} of {job.asset_name} in {len(ranges)} run(s) of up to {size} days", flush=True)
+    job_def = build_definitions().resolve_implicit_global_asset_job_def()
+    instance = _instance()
+    failed = [(a, b) for a, b in ranges if not materialize_range(job_def, instance, job, a, b)]
+    if failed:
+        print(f"{len(failed)} of {len(ranges)} runs failed: {', '.join(days_text(a, b) for a, b in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m social_enrich", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,8 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--posts", type=int, default=3000, help="sample posts to generate (default 3000)")
         command.add_argument("--days", type=int, default=7, help="days the posts are spread over (default 7)")
         command.add_argument("--job", default="sentiment", help="the job whose catalog and start date to use")
+    backfill = commands.add_parser("backfill", help="materialize a range of days, grouped into runs like a UI backfill")
+    backfill.add_argument("--from", dest="first", type=dt.date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="last day, YYYY-MM-DD")
+    backfill.add_argument("--max-per-run", type=int, help="days per run (default: the job's automation.max_partitions_per_run)")
+    backfill.add_argument("--job", default="sentiment", help="the enrichment job to backfill")
     args = parser.parse_args(argv)
-    if args.posts < 1 or args.days < 1:
+    if args.command == "backfill":
+        if args.last < args.first:
+            parser.error(f"--to {args.last} is before --from {args.first}")
+        if args.max_per_run is not None and args.max_per_run < 1:
+            parser.error("--max-per-run must be at least 1")
+    elif args.posts < 1 or args.days < 1:
         parser.error("--posts and --days must be at least 1")
     # Dagster marks observable source assets and backfill policies beta; that is no news to a user here.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -114,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         job = find_job(args.job)
         seed(open_catalog(job.connector), job, args.posts, args.days)
         return 0
+    if args.command == "backfill":
+        return run_backfill(args.job, args.first, args.last, args.max_per_run)
     return run_demo(args.posts, args.days, args.job)
 
 

@@ -3,7 +3,6 @@
 
 import datetime as dt
 import time
-from collections import Counter
 from dataclasses import asdict
 
 from dagster import (
@@ -24,10 +23,9 @@ from dagster import (
 from pydantic import Field
 
 from social_enrich.config import JobConfig, TableRef
-from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_partition
+from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_days
 from social_enrich.inference.azure_openai import AzureOpenAIResource
 from social_enrich.inference.selection import build_provider
-from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.catalog import load_table, open_catalog
 from social_enrich.lakehouse.snapshots import current_snapshot_info
 
@@ -73,33 +71,29 @@ def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
     return list(built.values())
 
 
-def _metadata(job: JobConfig, reports: list[EnrichmentReport], seconds: float, target_rows: int | None) -> dict:
-    statuses: Counter[str] = sum((r.statuses for r in reports), Counter())
-    labels: Counter[str] = sum((r.labels for r in reports), Counter())
-    rows_read: Counter[str] = sum((Counter(r.rows_read) for r in reports), Counter())
-    phase = {p: sum(r.seconds.get(p, 0.0) for r in reports) for p in ("scan", "score", "write")}
-    skipped = sum(r.capped + sum(r.null_keys.values()) for r in reports)
-    usage = sum((r.usage for r in reports), Usage())
+def _metadata(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict:
+    write = report.write
     return {
         "dagster/table_name": job.connector.target.identifier,
         **({"dagster/row_count": target_rows} if target_rows is not None else {}),
-        "dagster/partition_row_count": sum(r.write.rows_written for r in reports if r.write),
-        "model": reports[0].model if reports else "",
+        "dagster/partition_row_count": write.rows_written if write else 0,
+        "model": report.model,
         "prompt_version": job.inference.prompt_version,
-        "posts_touched": sum(r.posts for r in reports),
-        "posts_scored": statuses["ok"],
-        "posts_failed": statuses["failed"],
-        "posts_filtered": statuses["filtered"],
-        "posts_skipped": skipped,
-        "posts_from_cache": sum(r.cache_hits for r in reports),
-        "posts_truncated": sum(r.posts_truncated for r in reports),
-        "versions_collapsed": sum(r.versions_collapsed for r in reports),
-        "moved_from_other_days": sum(r.write.moved_from_other_days for r in reports if r.write),
-        "labels": MetadataValue.json(dict(sorted(labels.items()))),
-        **{f"rows_read/{source}": count for source, count in sorted(rows_read.items())},
-        **{f"llm/{name}": value for name, value in asdict(usage).items()},
-        "llm/estimated_cost_usd": round(usage.cost_usd(job.inference.price_per_million_tokens), 6),
-        **{f"seconds/{p}": round(s, 3) for p, s in phase.items()},
+        "days": report.days_text,
+        "posts_touched": report.posts,
+        "posts_scored": report.statuses["ok"],
+        "posts_failed": report.statuses["failed"],
+        "posts_filtered": report.statuses["filtered"],
+        "posts_skipped": report.capped + sum(report.null_keys.values()),
+        "posts_from_cache": report.cache_hits,
+        "posts_truncated": report.posts_truncated,
+        "versions_collapsed": report.versions_collapsed,
+        "moved_from_other_days": write.moved_from_other_days if write else 0,
+        "labels": MetadataValue.json(dict(sorted(report.labels.items()))),
+        **{f"rows_read/{source}": count for source, count in sorted(report.rows_read.items())},
+        **{f"llm/{name}": value for name, value in asdict(report.usage).items()},
+        "llm/estimated_cost_usd": round(report.usage.cost_usd(job.inference.price_per_million_tokens), 6),
+        **{f"seconds/{p}": round(report.seconds.get(p, 0.0), 3) for p in ("scan", "score", "write")},
         "duration_seconds": round(seconds, 3),
     }
 
@@ -112,8 +106,10 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         group_name=job.name,
         partitions_def=partitions,
         deps=[source_asset_key(ref) for ref in job.connector.source.tables],
-        # A range of days runs as one run, so `dagster asset materialize --partition-range` works.
-        backfill_policy=BackfillPolicy.single_run(),
+        # A backfill groups up to max_partitions_per_run days into one run: one scan and one commit each.
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=job.automation.max_partitions_per_run),
+        # Runs calling the model share one pool, so its limit caps them however many runs start.
+        pool=job.automation.pool,
         description=job.description or f"Enrichment job '{job.name}' into Iceberg table {job.connector.target.identifier}.",
         kinds={"iceberg", "python"},
         metadata={"job_config": str(job.path), "dagster/table_name": job.connector.target.identifier},
@@ -123,21 +119,18 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         catalog = open_catalog(job.connector)
         provider = build_provider(job, azure_openai)
         context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
-        reports = []
-        days = [dt.date.fromisoformat(k) for k in context.partition_keys]
-        for n, day in enumerate(days):
-            try:
-                # drop rebuilds the table once, before the first day of the run.
-                report = enrich_partition(job, day, catalog, provider, drop=config.drop and n == 0, log=context.log)
-            except PartitionFailedError as e:
-                reports.append(e.report)
-                raise Failure(description=str(e), metadata=_metadata(job, reports, time.perf_counter() - started, None)) from e
-            reports.append(report)
-            context.log.info(
-                f"{day}: {report.posts} posts, {dict(report.statuses)}, labels {dict(report.labels)} "
-                f"in {sum(report.seconds.values()):.1f}s"
-            )
+        days = context.partition_key_range
+        first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
+        try:
+            # The whole range in one scan and one commit: a backfill run of many days costs one of each.
+            report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log)
+        except PartitionFailedError as e:
+            raise Failure(description=str(e), metadata=_metadata(job, e.report, time.perf_counter() - started, None)) from e
+        context.log.info(
+            f"{report.days_text}: {report.posts} posts, {dict(report.statuses)}, labels {dict(report.labels)} "
+            f"in {sum(report.seconds.values()):.1f}s"
+        )
         target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
-        return MaterializeResult(metadata=_metadata(job, reports, time.perf_counter() - started, target_rows))
+        return MaterializeResult(metadata=_metadata(job, report, time.perf_counter() - started, target_rows))
 
     return _enrich

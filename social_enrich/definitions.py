@@ -1,4 +1,4 @@
-"""The one Definitions object: gold source assets and an enrichment asset per job YAML."""
+"""The one Definitions object: gold source assets, and per job YAML an enrichment asset and its sensors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import dagster as dg
 from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import discover_job_configs
 from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
 
 
 def build_definitions(job_dirs: list[Path] | None = None) -> dg.Definitions:
     jobs = discover_job_configs(job_dirs)
+    enrichments = {job.name: build_enrichment_asset(job) for job in jobs}
     return dg.Definitions(
-        assets=[*gold_source_assets(jobs), *(build_enrichment_asset(job) for job in jobs)],
+        assets=[*gold_source_assets(jobs), *enrichments.values()],
+        sensors=[build_snapshot_sensor(job, enrichments[job.name]) for job in jobs],
         resources={"azure_openai": AzureOpenAIResource()},
     )
 

@@ -1,4 +1,4 @@
-"""Enrich one daily partition: read the gold posts, score them, write the target. No Dagster here."""
+"""Enrich daily partitions: read the gold posts, score them, write the target. No Dagster here."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
 from social_enrich.inference.response_cache import Checkpoint, ResponseCache, cache_key
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
-from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaError, read_partition
-from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, open_target, write_day
+from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaError, days_text, read_days
+from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, open_target, write_days
 
 PROGRESS_EVERY_SECONDS = 10.0
 CHUNK_POSTS = 10_000  # posts held as Python objects at once
@@ -37,7 +37,8 @@ class PartitionFailedError(RuntimeError):
 
 @dataclass
 class EnrichmentReport:
-    day: dt.date
+    first: dt.date  # the days first..last, enriched together
+    last: dt.date
     model: str
     rows_read: dict[str, int]  # per source: rows touched on the day + versions read for those posts
     null_keys: dict[str, int]
@@ -51,6 +52,10 @@ class EnrichmentReport:
     usage: Usage = field(default_factory=Usage)
     seconds: dict[str, float] = field(default_factory=dict)  # scan / score / write
     write: WriteStats | None = None
+
+    @property
+    def days_text(self) -> str:
+        return days_text(self.first, self.last)
 
     @property
     def failed_share(self) -> float:
@@ -180,7 +185,7 @@ def score_chunk(
 
 
 def result_rows(
-    job: JobConfig, day: dt.date, model: str, keys: pa.Array, updated: pa.Array, chunk: _Chunk, results: list[ScoreResult]
+    job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, chunk: _Chunk, results: list[ScoreResult]
 ) -> pa.Table:
     response_names = list(job.response_model.model_fields)
     columns: dict[str, list[Any]] = {name: [] for name in response_names}
@@ -202,7 +207,7 @@ def result_rows(
             "error": [r.error for r in results],
             "input_truncated": chunk.truncated,
             "source_update_time": updated,
-            PARTITION_DATE: pa.array([day] * n, pa.date32()),
+            PARTITION_DATE: days,
             job.connector.target.datetime_field: pa.array([written_at] * n, pa.timestamp("us", tz="UTC")),
         }
     )
@@ -211,7 +216,6 @@ def result_rows(
 def score_partition(
     job: JobConfig,
     provider: Provider,
-    day: dt.date,
     posts: PartitionPosts,
     report: EnrichmentReport,
     log: logging.Logger,
@@ -231,19 +235,29 @@ def score_partition(
         if counts_labels:
             report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
         updated = posts.source_update_time.slice(start, CHUNK_POSTS)
-        tables.append(result_rows(job, day, provider.model_id, rows[job.index_field], updated, chunk, results))
+        days = posts.partition_date.slice(start, CHUNK_POSTS)
+        tables.append(result_rows(job, days, provider.model_id, rows[job.index_field], updated, chunk, results))
     return pa.concat_tables(tables)
 
 
-def enrich_partition(
-    job: JobConfig, day: dt.date, catalog: Catalog, provider: Provider, *, drop: bool = False, log: logging.Logger | None = None
+def enrich_days(
+    job: JobConfig,
+    first: dt.date,
+    last: dt.date,
+    catalog: Catalog,
+    provider: Provider,
+    *,
+    drop: bool = False,
+    log: logging.Logger | None = None,
 ) -> EnrichmentReport:
+    """Enrich the daily partitions first..last with one scan per source and one commit to the target."""
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
-    posts = read_partition(catalog, job, day, log)
+    posts = read_days(catalog, job, first, last, log)
     scanned = time.perf_counter()
     report = EnrichmentReport(
-        day=day,
+        first=first,
+        last=last,
         model=provider.model_id,
         rows_read={s: st.touched_rows + st.version_rows for s, st in posts.sources.items()},
         null_keys={s: st.null_keys for s, st in posts.sources.items()},
@@ -251,18 +265,18 @@ def enrich_partition(
         versions_collapsed=sum(st.versions_collapsed for st in posts.sources.values()),
         capped=posts.capped,
     )
-    log.info("%s: %d posts touched on %s", job.name, report.posts, day)
+    log.info("%s: %d posts touched on %s", job.name, report.posts, report.days_text)
     usage_before = replace(provider.usage)
     cache = ResponseCache(response_cache_path()) if provider.caches_responses and job.inference.cache else None
     try:
-        rows = score_partition(job, provider, day, posts, report, log, cache)
+        rows = score_partition(job, provider, posts, report, log, cache)
     finally:
         if cache is not None:
             cache.close()
         report.usage = provider.usage - usage_before
     scored = time.perf_counter()
     target = open_target(catalog, job, posts.index_type, drop=drop)
-    report.write = write_day(target, job, day, rows)
+    report.write = write_days(target, job, days_between(first, last), rows)
     report.seconds = {
         "scan": scanned - started,
         "score": scored - scanned,
@@ -270,9 +284,20 @@ def enrich_partition(
     }
     if report.failed_share > job.inference.max_failed_share:
         raise PartitionFailedError(
-            f"{report.statuses['failed']} of {report.posts} posts failed on {day} "
+            f"{report.statuses['failed']} of {report.posts} posts failed on {report.days_text} "
             f"(share {report.failed_share:.0%} > inference.max_failed_share {job.inference.max_failed_share:.0%}); "
             "their rows are stored with status failed and are retried on the next materialization",
             report,
         )
     return report
+
+
+def enrich_partition(
+    job: JobConfig, day: dt.date, catalog: Catalog, provider: Provider, *, drop: bool = False, log: logging.Logger | None = None
+) -> EnrichmentReport:
+    """Enrich one daily partition."""
+    return enrich_days(job, day, day, catalog, provider, drop=drop, log=log)
+
+
+def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]

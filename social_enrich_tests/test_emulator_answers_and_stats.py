@@ -178,6 +178,9 @@ def test_stats_fields_and_reset(emulator: AzureOpenAIEmulator, client: openai.Az
     assert zeroed == {
         "requests": 0, "by_status": {}, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
         "rate_limit_tokens": 0, "throttled": 0, "faults": {}, "posts_answered": 0, "in_flight": 0, "max_in_flight": 0,
+        "files_uploaded": 0, "batches_created": 0, "batches_by_status": {}, "batch_lines_answered": 0,
+        "batch_error_lines": 0, "batch_lines_unanswered": 0, "batch_prompt_tokens": 0, "batch_completion_tokens": 0,
+        "batch_posts_answered": 0,
     }  # fmt: skip
     assert emulator.requests_log == []
 

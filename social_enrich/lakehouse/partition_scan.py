@@ -1,4 +1,4 @@
-"""Read one day's posts from the gold tables: touched keys, each post's latest row per source, joined.
+"""Read the posts of a day (or a range of days) from the gold tables: touched keys, each post's latest row per source, joined.
 
 Everything stays in Arrow. pyiceberg prunes files with the day window and the key range; the exact
 key match runs in pyarrow (``is_in``), since binding thousands of keys into an Iceberg ``In``
@@ -34,6 +34,7 @@ UTC_MICROS = pa.timestamp("us", tz="UTC")
 NAIVE_TIMESTAMPS = (TimestampType, TimestampNanoType)
 AWARE_TIMESTAMPS = (TimestamptzType, TimestamptzNanoType)
 DATETIME_TYPES = (DateType, StringType, *NAIVE_TIMESTAMPS, *AWARE_TIMESTAMPS)
+PARTITION_DAY = "__partition_day"
 
 
 class SourceSchemaError(ValueError):
@@ -54,14 +55,15 @@ class PartitionPosts:
 
     posts: pa.Table
     source_update_time: pa.Array  # timestamp[us, UTC], the latest datetime over all sources
+    partition_date: pa.Array  # date32: the last day of the range that touched the post, its partition
     index_type: IcebergType  # the index field's Iceberg type, shared by every source
     sources: dict[str, SourceStats] = field(default_factory=dict)
     capped: int = 0  # touched posts left for a later run by max_records
 
 
-def day_window(name: str, iceberg_type: IcebergType, day: dt.date) -> BooleanExpression:
-    """[day, day + 1) as a pyiceberg predicate on a date, timestamp or ISO-8601 string field."""
-    start, end = day, day + dt.timedelta(days=1)
+def day_window(name: str, iceberg_type: IcebergType, first: dt.date, last: dt.date | None = None) -> BooleanExpression:
+    """[first, last + 1) as a pyiceberg predicate on a date, timestamp or ISO-8601 string field."""
+    start, end = first, (last or first) + dt.timedelta(days=1)
     if isinstance(iceberg_type, (DateType, StringType)):
         lo, hi = start.isoformat(), end.isoformat()
     elif isinstance(iceberg_type, NAIVE_TIMESTAMPS):
@@ -69,6 +71,11 @@ def day_window(name: str, iceberg_type: IcebergType, day: dt.date) -> BooleanExp
     else:
         lo, hi = f"{start}T00:00:00+00:00", f"{end}T00:00:00+00:00"
     return And(GreaterThanOrEqual(name, lo), LessThan(name, hi))
+
+
+def days_text(first: dt.date, last: dt.date) -> str:
+    """'2026-11-02', or '2026-11-01..2026-11-07' for a range."""
+    return str(first) if first == last else f"{first}..{last}"
 
 
 def to_utc_timestamps(values: pa.ChunkedArray | pa.Array, where: str) -> pa.Array:
@@ -129,9 +136,12 @@ def _latest_per_key(rows: pa.Table, key: str, updated: str) -> pa.Table:
     return rows.filter(pa.concat_arrays([pa.array([True]), first_of_group.fill_null(True)]))
 
 
-def _touched_keys(table: Table, ref: TableRef, key: str, day: dt.date, stats: SourceStats, log: logging.Logger) -> pa.Array:
-    """The index values of the rows whose datetime falls on the day; null keys are counted and named."""
-    window = day_window(ref.datetime_field, table.schema().find_field(ref.datetime_field).field_type, day)
+def _touched_keys(
+    table: Table, ref: TableRef, key: str, first: dt.date, last: dt.date, stats: SourceStats, log: logging.Logger
+) -> pa.Table:
+    """The index values of the rows whose datetime falls in [first, last], each with the last day that
+    touched it; null keys are counted and named."""
+    window = day_window(ref.datetime_field, table.schema().find_field(ref.datetime_field).field_type, first, last)
     rows = table.scan(row_filter=window, selected_fields=(key, ref.datetime_field)).to_arrow()
     column = plain(rows[key])
     stats.touched_rows = len(column)
@@ -140,9 +150,29 @@ def _touched_keys(table: Table, ref: TableRef, key: str, day: dt.date, stats: So
         when = rows.filter(pc.is_null(column))[ref.datetime_field].to_pylist()[:5]
         log.warning(
             "%s: %d rows touched on %s have a null %s and were skipped (their %s: %s)",
-            ref.identifier, column.null_count, day, key, ref.datetime_field, ", ".join(map(str, when)),
+            ref.identifier, column.null_count, days_text(first, last), key, ref.datetime_field, ", ".join(map(str, when)),
         )
-    return column.drop_null()
+    days = to_utc_timestamps(rows[ref.datetime_field], f"{ref.identifier}.{ref.datetime_field}").cast(pa.date32())
+    return pa.table({key: column, PARTITION_DAY: days}).filter(pc.is_valid(column))
+
+
+def _last_day_per_key(touched: pa.Table, key: str) -> pa.Table:
+    """One row per key with the latest day that touched it, sorted by day then key."""
+    grouped = touched.group_by(key).aggregate([(PARTITION_DAY, "max")]).rename_columns([key, PARTITION_DAY])
+    return grouped.sort_by([(PARTITION_DAY, "ascending"), (key, "ascending")])
+
+
+def _cap_per_day(touched: pa.Table, cap: int, log: logging.Logger) -> tuple[pa.Table, int]:
+    """At most ``cap`` posts per day (the lowest keys); the rest are left for a later run."""
+    kept, capped = [], 0
+    for day in pc.unique(touched[PARTITION_DAY]).to_pylist():
+        rows = touched.filter(pc.equal(touched[PARTITION_DAY], day))
+        if rows.num_rows > cap:
+            capped += rows.num_rows - cap
+            log.info("max_records=%d: scoring %d of %d posts touched on %s; %d left for a later run",
+                     cap, cap, rows.num_rows, day, rows.num_rows - cap)
+        kept.append(rows.slice(0, cap))
+    return (pa.concat_tables(kept) if kept else touched), capped
 
 
 def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, updated: str, stats: SourceStats) -> pa.Table:
@@ -164,7 +194,9 @@ def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, updated:
     return latest
 
 
-def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.Logger | None = None) -> PartitionPosts:
+def read_days(catalog: Catalog, job: JobConfig, first: dt.date, last: dt.date, log: logging.Logger | None = None) -> PartitionPosts:
+    """The posts touched on the days first..last (one scan per source for the whole range), each
+    assigned to the last of those days that touched it."""
     log = log or logging.getLogger(__name__)
     refs = job.connector.source.tables
     key = job.index_field
@@ -176,15 +208,17 @@ def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.
         raise SourceSchemaError(f"index field '{key}' has different types across sources: {key_types}")
     stats = {ref.identifier: SourceStats() for ref in refs}
 
-    # 1. The posts touched on the day in any source.
-    touched = [_touched_keys(t, ref, key, day, stats[ref.identifier], log) for t, ref in zip(tables, refs)]
-    keys = pc.unique(pa.concat_arrays(touched)).sort()
+    # 1. The posts touched in the range in any source, each with its partition: the last day touching it.
+    touched = pa.concat_tables(
+        [_touched_keys(t, ref, key, first, last, stats[ref.identifier], log) for t, ref in zip(tables, refs)],
+        promote_options="permissive",
+    )
+    touched = _last_day_per_key(touched, key)
     capped = 0
     cap = job.connector.source.max_records
-    if cap is not None and len(keys) > cap:
-        capped = len(keys) - cap
-        log.info("max_records=%d: scoring %d of %d touched posts; %d left for a later run", cap, cap, len(keys), capped)
-        keys = keys.slice(0, cap)
+    if cap is not None:
+        touched, capped = _cap_per_day(touched, cap, log)
+    keys = touched[key].combine_chunks()
 
     # 2. Each touched post's latest row in every source, whatever day it was written, joined on the index.
     posts = pa.table({key: keys})
@@ -203,4 +237,10 @@ def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.
     micros = [c.cast(pa.int64()) for c in updated_columns]
     latest_update = pc.max_element_wise(*micros, skip_nulls=True).cast(UTC_MICROS)
     index_type = next(iter(key_types.values()))
-    return PartitionPosts(posts, latest_update, index_type, sources=stats, capped=capped)
+    partition_date = touched[PARTITION_DAY].combine_chunks()
+    return PartitionPosts(posts, latest_update, partition_date, index_type, sources=stats, capped=capped)
+
+
+def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.Logger | None = None) -> PartitionPosts:
+    """The posts touched on one day."""
+    return read_days(catalog, job, day, day, log)

@@ -1,7 +1,8 @@
 """The enrichment target table: its schema, and a write path whose cost does not grow with the table.
 
 Every row carries ``partition_date``, the daily partition that last wrote it, and the table is
-partitioned by it (then by the job's ``partition_by`` transforms of the write time). Writing day D:
+partitioned by it (then by the job's ``partition_by`` transforms of the write time). Writing days D
+(one day, or a backfill's range):
 1. find which *other* days currently hold the posts being written (one key column read, pyarrow
    ``is_in``; no Iceberg ``In`` of keys over the whole table);
 2. in one transaction, drop the partitions of D and of those days, and append D's rows plus those
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
-from pyiceberg.expressions import In, NotEqualTo
+from pyiceberg.expressions import In, NotIn
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -163,12 +164,14 @@ def conform(rows: pa.Table, table: Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_day(table: Table, job: JobConfig, day: dt.date, rows: pa.Table) -> WriteStats:
-    """Replace day's rows with ``rows`` and remove the same posts from any other day, in one commit."""
+def write_days(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table) -> WriteStats:
+    """Replace the rows of ``days`` with ``rows`` (each carrying its partition_date) and remove the same
+    posts from any other day, in one commit."""
     index = job.connector.target.index_field
     rows = conform(rows, table)
     keys = plain(rows[index])
-    elsewhere = table.scan(row_filter=NotEqualTo(PARTITION_DATE, day.isoformat()), selected_fields=(index, PARTITION_DATE))
+    written = [d.isoformat() for d in days]
+    elsewhere = table.scan(row_filter=NotIn(PARTITION_DATE, written), selected_fields=(index, PARTITION_DATE))
     held = elsewhere.to_arrow()
     moved = held.filter(pc.is_in(plain(held[index]), value_set=keys))
     # The other days that held some of these posts are rewritten without them. Whole day partitions
@@ -177,7 +180,7 @@ def write_day(table: Table, job: JobConfig, day: dt.date, rows: pa.Table) -> Wri
     if other_days:
         old = table.scan(row_filter=In(PARTITION_DATE, [d.isoformat() for d in other_days])).to_arrow()
         rows = pa.concat_tables([rows, old.filter(pc.invert(pc.is_in(plain(old[index]), value_set=keys)))])
-    replaced = [d.isoformat() for d in [day, *other_days]]
+    replaced = written + [d.isoformat() for d in other_days]
     with warnings.catch_warnings():
         # Replacing a day that has no rows yet is expected, not worth a warning.
         warnings.filterwarnings("ignore", message="Delete operation did not match any records")

@@ -1,10 +1,11 @@
-"""A loopback emulator of Azure OpenAI's chat-completions API, for tests and benchmarks.
+"""A loopback emulator of Azure OpenAI's chat-completions API and Global Batch, for tests and benchmarks.
 
 It speaks enough of the wire format that the unmodified ``openai`` SDK (``AzureOpenAI``,
 ``AsyncAzureOpenAI`` and ``OpenAI(base_url=.../openai/v1/)``) works against it, including
 ``chat.completions.parse`` with a pydantic ``response_format``, and it behaves like a real
 deployment under load: per-deployment rate limits with 429s and retry-after, latency that grows
-with the answer, and random faults.
+with the answer, and random faults.  The Files and Batches APIs (``client.files``, ``client.batches``)
+work too, answering each batch line as the chat route would, in compressed time.
 
 Answers are deterministic: sentiment-like fields come from VADER on the post's text, everything
 else from a generic JSON-schema walker:
@@ -30,6 +31,8 @@ Layout, one concept per module:
 * ``rate_limits``: the sliding-window per-deployment limiter.
 * ``prompt_cache``: Azure prompt caching, simplified (``usage.prompt_tokens_details.cached_tokens``).
 * ``randomness``: the emulator's seeded RNGs.  ``stats``: counters and snapshot.
+* ``files``: the Files API: an in-memory file store and multipart uploads.
+* ``batches``: the Batches API: input validation, the batch lifecycle, output and error files.
 * ``server``: HTTP plumbing and :class:`AzureOpenAIEmulator` (a daemon thread; context manager).
 * ``cli``: the command line.
 
@@ -50,6 +53,41 @@ or set ``share_<name>`` to fault that share of admitted requests at random (seed
   ``slow`` (answers normally, ``slow_seconds`` late; combines with any of the others).
 
 The first answer-changing marker wins; a marked request keeps its marker's fault whatever the draw.
+
+Files and Global Batch.  Under ``/openai/...?api-version=...`` (``AzureOpenAI``) or ``/openai/v1/...``
+(``OpenAI(base_url=.../openai/v1/)``), with the same auth as chat:
+
+* ``POST files`` (multipart ``purpose``, ``file``), ``GET files``, ``GET files/{id}``,
+  ``GET files/{id}/content`` (raw bytes), ``DELETE files/{id}``;
+* ``POST batches`` (``input_file_id``, ``endpoint`` "/chat/completions", ``completion_window`` "24h",
+  ``metadata``), ``GET batches`` (``limit``, ``after``), ``GET batches/{id}``, ``POST batches/{id}/cancel``.
+
+Input lines are ``{"custom_id", "method": "POST", "url": "/chat/completions", "body": {"model":
+<deployment>, ...}}``, one deployment per file, at most 100,000 lines and 200 MB.  Bad input fails
+the batch (status ``failed``, ``errors.data`` with code, message, line, param): a line not JSON
+(invalid_json_line) or missing custom_id/method/url/body (invalid_request), a duplicate custom_id,
+another url (url_mismatch), an unknown deployment (model_not_found) or a second one (model_mismatch),
+too many lines (too_many_tasks), no lines (empty_batch), too many bytes, a completion_window other
+than "24h", an unknown input file.  Status follows from the time since creation, worked out on every
+read (no thread): ``validating`` for 0.1 T, ``in_progress`` until T (``batch_completion_seconds``),
+``finalizing`` until 1.1 T, then ``completed``.  The output file holds ``{"id": "batch_req_...",
+"custom_id", "response": {"status_code": 200, "request_id", "body": <the chat completion>}, "error":
+null}`` lines in shuffled order (join on custom_id); the error file, only when there are errors,
+holds lines answered with an error (``response.status_code`` 4xx/5xx, ``body: {"error": ...}``;
+markers work as on the chat route, and drop/timeout become 500s) and lines never answered
+(``"response": null, "error": {"code": "batch_expired" | "batch_cancelled", "message"}``).
+``request_counts.completed`` counts output lines, ``failed`` error lines.  Realtime rate limits and
+random faults do not apply to batch lines.
+
+Batch failure modes, one outcome per batch, fixed at creation: the next scripted one
+(``emu.script_batches("expired", "completed", "failed", "stuck", "error_lines")``), else drawn with
+``seed`` from ``batch_share_failed`` (fails validation, code invalid_request) and
+``batch_share_expired`` (turns ``expired`` at T, answering ``batch_expired_completed_share`` of its
+lines, the rest batch_expired); ``batch_share_error_lines`` of the lines of unscripted batches are
+answered with a 500.  ``stuck`` stays ``in_progress`` until cancelled; ``error_lines`` answers every
+line at an odd (0-based) index with a 500.  Cancelling answers ``cancelling``, and the next read
+``cancelled``, with ``batch_expired_completed_share`` of the lines answered (none if it was still
+validating) and the rest batch_cancelled.
 
 Run standalone (every setting has a flag; ``--help`` lists them)::
 

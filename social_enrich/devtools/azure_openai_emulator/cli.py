@@ -33,7 +33,15 @@ _SETTING_FLAGS: list[tuple[str, str, type, str]] = [
         for kind in RANDOM_FAULTS
     ],
     ("--timeout-hold-seconds", "timeout_hold_seconds", float, "how long a timeout fault holds the request"),
-    ("--seed", "seed", int, "seed for random faults and jitter (default: fresh)"),
+    ("--seed", "seed", int, "seed for random faults, jitter and batch outcomes (default: fresh)"),
+    ("--batch-completion-seconds", "batch_completion_seconds", float, "how long a batch runs (completed at 1.1x)"),
+    ("--batch-share-error-lines", "batch_share_error_lines", float, "share (0..1) of batch lines answered as 500s"),
+    ("--batch-share-expired", "batch_share_expired", float, "share (0..1) of batches that expire"),
+    ("--batch-share-failed", "batch_share_failed", float, "share (0..1) of batches that fail validation"),
+    (
+        "--batch-expired-completed-share", "batch_expired_completed_share", float,
+        "share (0..1) of its lines an expired or cancelled batch answers",
+    ),  # fmt: skip
 ]
 _FLAG_OF = {name: flag for flag, name, _, _ in _SETTING_FLAGS} | {"deployments": "--deployment"}
 
@@ -41,7 +49,7 @@ _FLAG_OF = {name: flag for flag, name, _, _ in _SETTING_FLAGS} | {"deployments":
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m social_enrich.devtools.azure_openai_emulator",
-        description="Loopback Azure OpenAI chat-completions emulator.",
+        description="Loopback Azure OpenAI emulator: chat completions, Files and Global Batch.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

@@ -1,4 +1,5 @@
-"""HTTP plumbing: routing, auth, rate limits, faults and latency around the pure chat builder."""
+"""HTTP plumbing: routing, auth, rate limits, faults and latency around the pure chat builder, and the
+routes of the Files and Batches APIs (their logic lives in ``files`` and ``batches``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .batches import BatchStore, batches_api
 from .chat import answer_fault_of, build_chat_reply, with_cached_tokens
+from .files import FileContent, FileStore, files_api
 from .latency import reply_delay
 from .prompt import rate_limit_tokens
 from .prompt_cache import PromptCache
@@ -28,6 +31,8 @@ from .stats import Stats
 
 _DEPLOYMENT_ROUTE = re.compile(r"^/openai/deployments/([^/]+)/chat/completions/?$")
 _V1_ROUTE = re.compile(r"^/openai/v1/chat/completions/?$")
+# Files and Batches: /openai/{files|batches}[/{id}[/{action}]] with ?api-version=..., or /openai/v1/... without.
+_API_ROUTE = re.compile(r"^/openai(/v1)?/(files|batches)(?:/([^/]+)(?:/([^/]+))?)?/?$")
 _UNLIMITED_HEADERS = {
     "x-ratelimit-remaining-requests": str(UNLIMITED_REQUESTS),
     "x-ratelimit-remaining-tokens": str(UNLIMITED_TOKENS),
@@ -57,14 +62,21 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # quiet: tests and benchmarks don't want a line per request on stderr
 
     def do_GET(self) -> None:
-        self._read_body()
+        raw = self._read_body()
         if urlsplit(self.path).path.rstrip("/") == "/stats":
             self._send(Reply(200, self.server.emulator.stats_json()), count=False)
-        else:
+        elif not self._answer_api("GET", raw):
+            self._send(error_reply(404))
+
+    def do_DELETE(self) -> None:
+        raw = self._read_body()
+        if not self._answer_api("DELETE", raw):
             self._send(error_reply(404))
 
     def do_POST(self) -> None:
         raw = self._read_body()
+        if self._answer_api("POST", raw):
+            return
         emulator = self.server.emulator
         settings = emulator.settings
         with emulator.request_in_flight():
@@ -94,7 +106,42 @@ class _Handler(BaseHTTPRequestHandler):
         self._read_body()
         self._send(error_reply(404))
 
-    do_DELETE = do_PATCH = do_PUT
+    do_PATCH = do_PUT
+
+    def _answer_api(self, method: str, raw: bytes) -> bool:
+        """Answer a Files or Batches API call; False if the path is not one (nothing sent).
+
+        These calls are not chat requests: they are neither counted as ``requests`` nor in flight.
+        """
+        url = urlsplit(self.path)
+        route = _API_ROUTE.match(url.path)
+        if route is None:
+            return False
+        try:
+            answer = self._api_answer(method, route, url.query, raw)
+        except Exception as exc:  # an emulator bug should surface as a 500, not a dropped connection
+            answer = error_reply(500, "EmulatorError", f"{type(exc).__name__}: {exc}")
+        if isinstance(answer, FileContent):
+            self._write(200, answer.data, answer.content_type, {})
+        else:
+            self._send(answer if answer is not None else error_reply(404), count=False)
+        return True
+
+    def _api_answer(
+        self, method: str, route: re.Match[str], query_string: str, raw: bytes
+    ) -> Reply | FileContent | None:
+        emulator = self.server.emulator
+        v1, collection, object_id, action = route.groups()
+        query = {name: values[-1] for name, values in parse_qs(query_string).items()}
+        # Like the deployments route: Azure answers 404 when a non-v1 call lacks api-version.
+        if v1 is None and "api-version" not in query:
+            return error_reply(404)
+        if not self._authorised(emulator.settings.api_key):
+            return error_reply(401)
+        if collection == "files":
+            content_type = self.headers.get("Content-Type") or ""
+            return files_api(emulator._files, emulator._stats, method, object_id, action, query, raw, content_type)
+        return batches_api(emulator._batches, emulator.settings, method, object_id, action, query, raw)
 
     def _handle_post(self, raw: bytes) -> Reply:
         emulator = self.server.emulator
@@ -181,18 +228,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, reply: Reply, count: bool = True) -> None:
         if count:
             self.server.emulator.record(reply)
-        data = json.dumps(reply.payload).encode()
+        # Azure sends only the remaining quota (no x-ratelimit-limit-*); without a limit, large constants.
+        headers = {**_UNLIMITED_HEADERS, **reply.headers}
+        self._write(reply.status, json.dumps(reply.payload).encode(), "application/json", headers)
+
+    def _write(self, status: int, data: bytes, content_type: str, extra_headers: dict[str, str]) -> None:
         request_id = str(uuid.uuid4())
-        self.send_response(reply.status)
+        self.send_response(status)
         headers = {
-            "Content-Type": "application/json",
+            "Content-Type": content_type,
             "Content-Length": str(len(data)),
             "apim-request-id": request_id,
             "x-request-id": request_id,
             "x-ms-region": "Emulator",
-            # Azure sends only the remaining quota (no x-ratelimit-limit-*); without a limit, large constants.
-            **_UNLIMITED_HEADERS,
-            **reply.headers,
+            **extra_headers,
         }
         try:
             for name, value in headers.items():
@@ -271,6 +320,8 @@ class AzureOpenAIEmulator:
         self._rate_limiter = RateLimiter()
         self._prompt_cache = PromptCache()
         self._randomness = Randomness()
+        self._files = FileStore()
+        self._batches = BatchStore(self._files, self._stats)
         self._server: _EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -321,19 +372,34 @@ class AzureOpenAIEmulator:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """A consistent snapshot; see :class:`~.stats.Stats` for the keys."""
+        """A consistent snapshot; see :class:`~.stats.Stats` for the keys.
+
+        Batches are brought up to now first, so a batch whose time is up counts as finished.
+        """
+        self._batches.advance_all()
         return self._stats.snapshot()
 
     def stats_json(self) -> dict[str, Any]:
         stats = self.stats
         stats["by_status"] = {str(k): v for k, v in sorted(stats["by_status"].items())}
         stats["faults"] = dict(sorted(stats["faults"].items()))
+        stats["batches_by_status"] = dict(sorted(stats["batches_by_status"].items()))
         return stats
+
+    def script_batches(self, *outcomes: str) -> None:
+        """Script the outcomes of the next batches created, one each, in order: ``"completed"``,
+        ``"failed"``, ``"expired"``, ``"stuck"`` or ``"error_lines"`` (see :mod:`.batches`).
+
+        A scripted batch does exactly that (no random draw touches it); once the script is used up,
+        the ``batch_share_*`` settings apply again.  Calls add to the script; a bad name raises ValueError.
+        """
+        self._batches.script(*outcomes)
 
     def reset_stats(self) -> None:
         """Zero the counters (``in_flight`` stays live) and clear :attr:`requests_log`.
 
-        Rate-limit windows and the prompt cache are server state, not stats: they are kept.
+        Rate-limit windows, the prompt cache, files, batches and the batch script are server
+        state, not stats: they are kept (a batch finishing after the reset counts after it).
         """
         self._stats.reset()
         with self._log_lock:

@@ -55,6 +55,18 @@ class EmulatorSettings:
     # Seeds the emulator's RNG (faults, jitter); None: a fresh seed.  Changing it re-seeds.
     seed: int | None = None
 
+    # -- Azure Global Batch (the Files and Batches APIs; see batches.py) -----------------------
+    # A batch validates for the first tenth of this, is in progress until it has passed, then
+    # finalizes for another tenth and completes.  Every batch_* setting is read when a batch is created.
+    batch_completion_seconds: float = 2.0
+    # The share (0..1) of batch lines answered as 500 error lines, each line drawn on its own.
+    batch_share_error_lines: float = 0.0
+    # The shares (0..1) of batches that expire and that fail validation, one draw per batch; sum <= 1.
+    batch_share_expired: float = 0.0
+    batch_share_failed: float = 0.0
+    # The share of its lines an expired (or cancelled) batch answers; the rest are never answered.
+    batch_expired_completed_share: float = 0.5
+
     def __post_init__(self) -> None:
         self.deployments = _deployments(self.deployments)
         for name in _FIELD_NAMES:
@@ -79,8 +91,15 @@ class EmulatorSettings:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(EmulatorSettings))
-_NON_NEGATIVE = ("latency_seconds", "latency_per_output_token_seconds", "slow_seconds", "timeout_hold_seconds")
-_FRACTIONS = ("latency_jitter",) + tuple(share_field(kind) for kind in RANDOM_FAULTS)
+_NON_NEGATIVE = (
+    "latency_seconds", "latency_per_output_token_seconds", "slow_seconds", "timeout_hold_seconds",
+    "batch_completion_seconds",
+)  # fmt: skip
+_BATCH_OUTCOME_SHARES = ("batch_share_expired", "batch_share_failed")
+_FRACTIONS = (
+    ("latency_jitter",) + tuple(share_field(kind) for kind in RANDOM_FAULTS)
+    + _BATCH_OUTCOME_SHARES + ("batch_share_error_lines", "batch_expired_completed_share")
+)  # fmt: skip
 _POSITIVE_INTS = ("requests_per_minute", "tokens_per_minute")
 # Float sums like 0.1 + 0.2 + 0.7 land a hair above 1.
 _SHARE_SUM_SLACK = 1e-9
@@ -124,11 +143,8 @@ def _check_field(settings: EmulatorSettings, name: str) -> None:
 
 
 def _check_combinations(settings: EmulatorSettings) -> None:
-    shares = {share_field(kind): getattr(settings, share_field(kind)) for kind in RANDOM_FAULTS}
-    total = sum(shares.values())
-    if total > 1 + _SHARE_SUM_SLACK:
-        involved = tuple(name for name, share in shares.items() if share > 0)
-        raise SettingsError(involved, f"must sum to at most 1 (one fault per request), got {total:g}")
+    _check_share_sum(settings, tuple(share_field(kind) for kind in RANDOM_FAULTS), "one fault per request")
+    _check_share_sum(settings, _BATCH_OUTCOME_SHARES, "one outcome per batch")
     # A window must hold at least one request and one token, or nothing would ever be admitted.
     window = settings.rate_window_seconds
     for name in _POSITIVE_INTS:
@@ -139,3 +155,11 @@ def _check_combinations(settings: EmulatorSettings) -> None:
                 f"allow less than 1 per window ({per_minute} * {window:g} s / 60 = {per_minute * window / 60:g}); "
                 "raise the limit or the window",
             )
+
+
+def _check_share_sum(settings: EmulatorSettings, names: tuple[str, ...], why: str) -> None:
+    shares = {name: getattr(settings, name) for name in names}
+    total = sum(shares.values())
+    if total > 1 + _SHARE_SUM_SLACK:
+        involved = tuple(name for name, share in shares.items() if share > 0)
+        raise SettingsError(involved, f"must sum to at most 1 ({why}), got {total:g}")

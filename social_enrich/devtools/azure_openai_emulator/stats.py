@@ -6,9 +6,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from .replies import Reply
+
+
+@dataclass(frozen=True)
+class BatchLineCounts:
+    """What a finished batch wrote: lines per kind, and the usage of its output lines."""
+
+    answered: int = 0
+    error_lines: int = 0
+    unanswered: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    posts: int = 0
 
 
 class Stats:
@@ -21,6 +34,22 @@ class Stats:
     * ``posts_answered``: items in the per-post arrays of 200 answers (1 for a single-post answer);
     * ``in_flight``: chat requests received and not yet answered; ``max_in_flight``: the most at once;
     * ``started_at`` (Unix time) and ``uptime_seconds``: since the emulator was created or the stats reset.
+
+    Once the Files or Batches API has been used (an upload or a batch created, ever), also these;
+    before that they are left out, so the snapshot of a chat-only emulator keeps its old keys:
+
+    * ``files_uploaded``: files uploaded through ``POST files`` (batch outputs are not counted);
+    * ``batches_created``; ``batches_by_status``: final status (completed, failed, expired,
+      cancelled) -> batches that reached it;
+    * ``batch_lines_answered``: lines in output files (status 200); ``batch_error_lines``: lines in
+      error files with an error response (a 500, or what the chat route would have answered as an
+      error); ``batch_lines_unanswered``: lines in error files never answered (batch_expired,
+      batch_cancelled);
+    * ``batch_prompt_tokens``, ``batch_completion_tokens``, ``batch_posts_answered``: like the
+      chat counters, for batch output lines.
+
+    Batches count when they reach a final status; chat counters (``requests`` and the others above)
+    never include Files or Batches API calls or batch lines.
     """
 
     def __init__(self) -> None:
@@ -39,6 +68,15 @@ class Stats:
         self._faults: dict[str, int] = {}
         self._posts_answered = 0
         self._max_in_flight = self._in_flight  # a peak since the reset; what is in flight now counts
+        self._files_uploaded = 0
+        self._batches_created = 0
+        self._batches_by_status: dict[str, int] = {}
+        self._batch_lines_answered = 0
+        self._batch_error_lines = 0
+        self._batch_lines_unanswered = 0
+        self._batch_prompt_tokens = 0
+        self._batch_completion_tokens = 0
+        self._batch_posts_answered = 0
         self._started_at = time.time()
         self._started_monotonic = time.monotonic()
 
@@ -62,6 +100,25 @@ class Stats:
             for kind in reply.faults:
                 self._faults[kind] = self._faults.get(kind, 0) + 1
 
+    def record_file_upload(self) -> None:
+        with self._lock:
+            self._files_uploaded += 1
+
+    def record_batch_created(self) -> None:
+        with self._lock:
+            self._batches_created += 1
+
+    def record_batch_finished(self, status: str, outcome: BatchLineCounts) -> None:
+        """A batch reached its final ``status``; ``outcome`` counts its output and error lines."""
+        with self._lock:
+            self._batches_by_status[status] = self._batches_by_status.get(status, 0) + 1
+            self._batch_lines_answered += outcome.answered
+            self._batch_error_lines += outcome.error_lines
+            self._batch_lines_unanswered += outcome.unanswered
+            self._batch_prompt_tokens += outcome.prompt_tokens
+            self._batch_completion_tokens += outcome.completion_tokens
+            self._batch_posts_answered += outcome.posts
+
     @contextmanager
     def in_flight(self) -> Iterator[None]:
         """Count a chat request as in flight for the duration of the block."""
@@ -76,7 +133,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {
+            snapshot = {
                 "requests": self._requests,
                 "by_status": dict(self._by_status),
                 "prompt_tokens": self._prompt_tokens,
@@ -91,3 +148,15 @@ class Stats:
                 "started_at": self._started_at,
                 "uptime_seconds": round(time.monotonic() - self._started_monotonic, 3),
             }
+            snapshot.update(
+                files_uploaded=self._files_uploaded,
+                batches_created=self._batches_created,
+                batches_by_status=dict(self._batches_by_status),
+                batch_lines_answered=self._batch_lines_answered,
+                batch_error_lines=self._batch_error_lines,
+                batch_lines_unanswered=self._batch_lines_unanswered,
+                batch_prompt_tokens=self._batch_prompt_tokens,
+                batch_completion_tokens=self._batch_completion_tokens,
+                batch_posts_answered=self._batch_posts_answered,
+                )
+            return snapshot
