@@ -3,6 +3,7 @@
 
 import datetime as dt
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 
 from dagster import (
@@ -21,17 +22,30 @@ from dagster import (
     observable_source_asset,
 )
 from pydantic import Field
+from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig, TableRef
+from social_enrich.batch_enrichment import submit_days
 from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_days
 from social_enrich.inference.azure_openai import AzureOpenAIResource
-from social_enrich.inference.selection import build_provider
+from social_enrich.inference.azure_batch import AzureBatchClient
+from social_enrich.inference.selection import build_provider, provider_kind
+from social_enrich.lakehouse.partition_scan import days_text
 from social_enrich.lakehouse.catalog import load_table, open_catalog
 from social_enrich.lakehouse.snapshots import current_snapshot_info
 
 
 class EnrichmentRunConfig(Config):
     drop: bool = Field(default=False, description="Drop and rebuild the target table before writing.")
+    batch: bool | None = Field(
+        default=None,
+        description="Send the work through the Azure OpenAI Batch API (true) or realtime (false); "
+        "empty: the job's inference.batch.enabled. Batch-served days are materialized by the batch poller sensor.",
+    )
+
+
+def batch_sensor_name(job: JobConfig) -> str:
+    return f"{job.name}_batch_poller"
 
 
 def source_asset_key(ref: TableRef) -> AssetKey:
@@ -98,6 +112,20 @@ def _metadata(job: JobConfig, report: EnrichmentReport, seconds: float, target_r
     }
 
 
+def _submit_batch(
+    context: AssetExecutionContext, job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, azure_openai: AzureOpenAIResource
+) -> None:
+    if provider_kind(job, azure_openai) != "azure_openai":
+        raise Failure(description=f"job '{job.name}': the Batch API needs Azure OpenAI, and no endpoint is configured "
+                                  f"(set $AZURE_OPENAI_ENDPOINT or run with batch: false)")
+    report = submit_days(job, first, last, catalog, AzureBatchClient(azure_openai.batch_client()), context.log)
+    context.log.info(
+        f"{days_text(first, last)}: {report.posts} posts queued for the Batch API: {report.from_cache} from the cache, "
+        f"{report.not_sendable} with nothing to send, {report.requests} requests in batches {report.batches}. "
+        f"Sensor {batch_sensor_name(job)} writes each day when its answers land."
+    )
+
+
 def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
     partitions = DailyPartitionsDefinition(start_date=job.connector.source.start_date.isoformat())
 
@@ -113,14 +141,19 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         description=job.description or f"Enrichment job '{job.name}' into Iceberg table {job.connector.target.identifier}.",
         kinds={"iceberg", "python"},
         metadata={"job_config": str(job.path), "dagster/table_name": job.connector.target.identifier},
+        # A batch run only submits: its days are materialized later, by the batch poller sensor.
+        output_required=False,
     )
-    def _enrich(context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource) -> MaterializeResult:
+    def _enrich(context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource) -> Iterator[MaterializeResult]:
         started = time.perf_counter()
         catalog = open_catalog(job.connector)
-        provider = build_provider(job, azure_openai)
-        context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
         days = context.partition_key_range
         first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
+        if job.inference.batch.enabled if config.batch is None else config.batch:
+            _submit_batch(context, job, first, last, catalog, azure_openai)
+            return
+        provider = build_provider(job, azure_openai)
+        context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
         try:
             # The whole range in one scan and one commit: a backfill run of many days costs one of each.
             report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log)
@@ -131,6 +164,6 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
             f"in {sum(report.seconds.values()):.1f}s"
         )
         target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
-        return MaterializeResult(metadata=_metadata(job, report, time.perf_counter() - started, target_rows))
+        yield MaterializeResult(metadata=_metadata(job, report, time.perf_counter() - started, target_rows))
 
     return _enrich

@@ -9,6 +9,7 @@ import dagster as dg
 from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import discover_job_configs
 from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.sensors.batch_sensor import build_batch_sensor
 from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
 
 
@@ -17,7 +18,10 @@ def build_definitions(job_dirs: list[Path] | None = None) -> dg.Definitions:
     enrichments = {job.name: build_enrichment_asset(job) for job in jobs}
     return dg.Definitions(
         assets=[*gold_source_assets(jobs), *enrichments.values()],
-        sensors=[build_snapshot_sensor(job, enrichments[job.name]) for job in jobs],
+        sensors=[
+            *(build_snapshot_sensor(job, enrichments[job.name]) for job in jobs),
+            *(build_batch_sensor(job, enrichments[job.name]) for job in jobs),
+        ],
         resources={"azure_openai": AzureOpenAIResource()},
     )
 

@@ -114,7 +114,7 @@ def _row_problem(job: JobConfig, value: Any) -> str | None:
 
 
 @dataclass
-class _Chunk:
+class Chunk:
     """One chunk of posts on its way to the model: what is sent, its hashes, and the results."""
 
     hashes: list[str]
@@ -124,12 +124,12 @@ class _Chunk:
     positions: list[int] = field(default_factory=list)  # where each post to score sits in the chunk
 
 
-def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging.Logger) -> _Chunk:
+def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging.Logger) -> Chunk:
     """Pick the fields to send, cut over-long text, hash it, and fail the posts that cannot be sent."""
     keys = posts[job.index_field].to_pylist()
     text_field = job.inference.text_field
     texts = posts[text_field].to_pylist() if text_field else [None] * len(keys)
-    chunk = _Chunk(hashes=[], truncated=[], results=[])
+    chunk = Chunk(hashes=[], truncated=[], results=[])
     for key, fields, text in zip(keys, posts.select(send).to_pylist(), texts):
         problem = _row_problem(job, text)
         cut = False
@@ -150,7 +150,7 @@ def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging
 
 
 def score_chunk(
-    job: JobConfig, provider: Provider, chunk: _Chunk, cache: ResponseCache | None, progress: _ProgressLog, report: EnrichmentReport
+    job: JobConfig, provider: Provider, chunk: Chunk, cache: ResponseCache | None, progress: _ProgressLog, report: EnrichmentReport
 ) -> list[ScoreResult]:
     """Fill the chunk's results: from the cache where the same input was answered before, else from the model."""
     progress(len(chunk.results) - len(chunk.to_score))
@@ -185,7 +185,7 @@ def score_chunk(
 
 
 def result_rows(
-    job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, chunk: _Chunk, results: list[ScoreResult]
+    job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, chunk: Chunk, results: list[ScoreResult]
 ) -> pa.Table:
     response_names = list(job.response_model.model_fields)
     columns: dict[str, list[Any]] = {name: [] for name in response_names}

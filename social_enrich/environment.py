@@ -36,6 +36,11 @@ def response_cache_path() -> Path:
     return state_dir() / "response_cache.sqlite3"
 
 
+def batch_store_path() -> Path:
+    """The SQLite file that records Batch API work in flight (see inference/batch_store.py)."""
+    return state_dir() / "batches.sqlite3"
+
+
 def jobs_dirs() -> list[Path]:
     """Folders of job YAML files: the built-in jobs, then any listed in SOCIAL_ENRICH_JOBS_DIR."""
     extra = [Path(p) for p in os.environ.get(JOBS_DIR_VAR, "").split(os.pathsep) if p]

@@ -15,10 +15,10 @@ from pyiceberg.table.snapshots import Operation, Summary
 from pyiceberg.types import DateType, LongType, StringType, TimestampType, TimestamptzType
 
 from social_enrich import demo
-from social_enrich.assets import build_enrichment_asset
+from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import JobConfig, load_job_config
-from social_enrich.definitions import build_definitions
 from social_enrich.environment import BUILTIN_JOBS_DIR
+from social_enrich.inference.azure_openai import AzureOpenAIResource
 from social_enrich.lakehouse.snapshot_changes import days_touched_since
 from social_enrich.sensors.snapshot_sensor import SnapshotCursorError, build_snapshot_sensor
 from social_enrich_tests.emulated_azure import append_posts
@@ -44,8 +44,10 @@ class Sensor:
 
     def __init__(self, job: JobConfig, instance: dg.DagsterInstance):
         self.instance = instance
-        self.definition = build_snapshot_sensor(job, build_enrichment_asset(job))
-        self.defs = dg.Definitions.merge(build_definitions(), dg.Definitions(sensors=[self.definition]))
+        asset = build_enrichment_asset(job)
+        self.definition = build_snapshot_sensor(job, asset)
+        self.defs = dg.Definitions(assets=[*gold_source_assets([job]), asset], sensors=[self.definition],
+                                   resources={"azure_openai": AzureOpenAIResource()})
         self.cursor: str | None = None
 
     def tick(self, cursor: str | None = None) -> dg.SensorResult:

@@ -63,7 +63,7 @@ class AzureOpenAIResource(ConfigurableResource):
         """An endpoint is set, or a secret that may carry one is named."""
         return bool(self.resolved_endpoint() or os.environ.get(SECRET_NAME_VAR))
 
-    def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
+    def _client_args(self) -> dict[str, Any]:
         credentials = resolve_credentials(self.api_key_env_var)
         endpoint = self.resolved_endpoint() or credentials.endpoint
         if not endpoint:
@@ -71,14 +71,20 @@ class AzureOpenAIResource(ConfigurableResource):
                 f"provider azure_openai needs an endpoint: set ${ENDPOINT_VAR}, the resource's endpoint, "
                 f"or OPENAI_API_BASE in the secret named by ${SECRET_NAME_VAR}"
             )
-        client_args = dict(
+        return dict(
             azure_endpoint=endpoint,
             api_key=credentials.api_key,
             api_version=self.api_version,
             timeout=self.timeout_seconds,
             max_retries=0,  # retries are ours: see the module docstring
         )
-        return AzureOpenAIProvider(client_args, inference, response_model)
+
+    def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
+        return AzureOpenAIProvider(self._client_args(), inference, response_model)
+
+    def batch_client(self) -> openai.AzureOpenAI:
+        """A client for the Files and Batches APIs; the SDK's own retries suit these few calls."""
+        return openai.AzureOpenAI(**{**self._client_args(), "max_retries": 2})
 
 
 class _Transient(Exception):

@@ -1,0 +1,232 @@
+"""Enrichment through the Azure OpenAI Batch API: queue days, submit, collect, write. No Dagster here.
+
+1. ``submit_days`` reads the days like a realtime run, answers what it can at once (the response
+   cache, posts with nothing to send), queues every post in the batch store and submits the rest.
+2. ``collect_batches`` (called by the polling sensor) reads finished batches, stores their answers in
+   the store and the response cache, sends again what got no answer (or hands its days to realtime),
+   cancels batches stuck past their deadline, and writes every day whose posts are all answered.
+A crash anywhere leaves the store consistent: answers are saved before a day is written, and a day
+leaves the store only after its write committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+
+from social_enrich.config import JobConfig
+from social_enrich.enrichment import Chunk, days_between, fields_to_send, prepare_chunk, result_rows
+from social_enrich.environment import batch_store_path, response_cache_path
+from social_enrich.inference.azure_batch import AzureBatchClient, BatchAnswers, new_custom_id, parse_jsonl, read_output_line, request_files, request_line
+from social_enrich.inference.batch_store import OPEN_STATUSES, BatchStore, QueuedPost
+from social_enrich.inference.provider import PostToScore, ScoreResult
+from social_enrich.inference.response_cache import ResponseCache, cache_key
+from social_enrich.inference.usage import Usage
+from social_enrich.lakehouse.catalog import load_table
+from social_enrich.lakehouse.partition_scan import read_days
+from social_enrich.lakehouse.target_table import open_target, write_days
+
+CHUNK_POSTS = 10_000
+
+
+@dataclass
+class SubmitReport:
+    posts: int = 0
+    from_cache: int = 0
+    not_sendable: int = 0
+    requests: int = 0
+    batches: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DayWritten:
+    day: dt.date
+    statuses: Counter[str]
+    labels: Counter[str]
+    usage: Usage  # this day's share of the batches' tokens
+    snapshot_id: int | None
+
+
+@dataclass
+class PollReport:
+    """One poll, like the original poller's summary."""
+
+    batches_polled: int = 0
+    batches_finished: Counter[str] = field(default_factory=Counter)
+    batches_cancelled: int = 0
+    items_updated: int = 0
+    items_requeued: int = 0
+    errors: int = 0  # requests answered with an error line, or not at all
+    days_written: list[DayWritten] = field(default_factory=list)
+    days_for_realtime: list[dt.date] = field(default_factory=list)
+    batches_submitted: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"batches polled {self.batches_polled} (finished {dict(self.batches_finished)}, cancelled {self.batches_cancelled}), "
+            f"items updated {self.items_updated}, requeued {self.items_requeued}, "
+            f"partitions completed {len(self.days_written)}, errors {self.errors}, new batches {len(self.batches_submitted)}"
+        )
+
+
+def _cache_key(job: JobConfig, input_hash: str) -> str:
+    return cache_key(job.inference.model, job.inference.prompt_version, job.response_model, input_hash)
+
+
+def submit_days(
+    job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, client: AzureBatchClient, log: logging.Logger
+) -> SubmitReport:
+    posts = read_days(catalog, job, first, last, log)
+    send = fields_to_send(job, posts.posts.column_names)
+    report = SubmitReport(posts=posts.posts.num_rows)
+    queued: list[QueuedPost] = []
+    cache = ResponseCache(response_cache_path()) if job.inference.cache else None
+    try:
+        for start in range(0, posts.posts.num_rows, CHUNK_POSTS):
+            rows = posts.posts.slice(start, CHUNK_POSTS)
+            chunk = prepare_chunk(job, rows, send, log)
+            sendable = {position: post for position, post in zip(chunk.positions, chunk.to_score)}
+            hits = cache.get_many([_cache_key(job, chunk.hashes[p]) for p in sendable], job.response_model) if cache else {}
+            days = posts.partition_date.slice(start, CHUNK_POSTS).to_pylist()
+            updated = posts.source_update_time.slice(start, CHUNK_POSTS).to_pylist()
+            for n, key in enumerate(rows[job.index_field].to_pylist()):
+                post = sendable.get(n)
+                result = chunk.results[n] if post is None else hits.get(_cache_key(job, chunk.hashes[n]))
+                report.not_sendable += post is None
+                report.from_cache += post is not None and result is not None
+                fields = post.fields if post is not None else {}
+                queued.append(QueuedPost(days[n], key, updated[n], chunk.hashes[n], chunk.truncated[n], fields, 0, result))
+    finally:
+        if cache is not None:
+            cache.close()
+    with BatchStore(batch_store_path()) as store:
+        store.queue_days(job.name, days_between(first, last), queued)
+        report.batches, report.requests = send_unsent(job, store, client, log)
+    return report
+
+
+def send_unsent(job: JobConfig, store: BatchStore, client: AzureBatchClient, log: logging.Logger) -> tuple[list[str], int]:
+    """Submit every queued post without an answer or a request; fail those out of attempts."""
+    settings = job.inference.batch
+    waiting = store.unsent(job.name)
+    spent = [p for p in waiting if p.attempts >= settings.max_attempts]
+    if spent:
+        error = f"no batch answer after {settings.max_attempts} batches (inference.batch.max_attempts)"
+        store.settle(job.name, [(p, ScoreResult.failed(error), Usage()) for p in spent])
+        log.warning("%d posts failed: %s", len(spent), error)
+    waiting = [p for p in waiting if p.attempts < settings.max_attempts]
+    size = job.inference.posts_per_request
+    requests = {new_custom_id(): waiting[n : n + size] for n in range(0, len(waiting), size)}
+    lines = [
+        (cid, request_line(cid, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts]))
+        for cid, posts in requests.items()
+    ]
+    batch_ids = []
+    for request_file in request_files(lines, settings.requests_per_file, settings.max_file_bytes):
+        batch_id, status, file_id = client.submit(request_file)
+        store.record_batch(job.name, batch_id, status, file_id, {cid: requests[cid] for cid in request_file.custom_ids})
+        log.info("batch %s: %d requests, %d bytes, status %s", batch_id, len(request_file.custom_ids), len(request_file.content), status)
+        batch_ids.append(batch_id)
+    return batch_ids, len(requests)
+
+
+def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_id: str, status: str, output: str | None,
+             errors_file: str | None, cache: ResponseCache | None, report: PollReport, log: logging.Logger) -> list[QueuedPost]:
+    """Read a finished batch's files: store answers, and return the posts to ask again."""
+    requests = store.batch_requests(job.name, batch_id)
+    sizes = {cid: len(posts) for cid, posts in requests.items()}
+    answers = BatchAnswers()
+    for file_id in (output, errors_file):
+        for line in parse_jsonl(client.download(file_id)):
+            read_output_line(line, sizes, job.response_model, answers)
+    settled: list[tuple[QueuedPost, ScoreResult, Usage]] = []
+    again: list[QueuedPost] = []
+    share = Usage()
+    for cid, posts in requests.items():
+        results = answers.answered.get(cid)
+        if results is None:
+            again.extend(posts)
+            report.errors += 1
+            continue
+        for post, result in zip(posts, results):
+            if result is None:
+                again.append(post)
+            else:
+                settled.append((post, result, share))
+    # Tokens are paid per request: each answered post carries an equal share of the batch's tokens.
+    if settled:
+        per_post = Usage(**{name: value / len(settled) for name, value in vars(answers.usage).items()})  # type: ignore[arg-type]
+        settled = [(p, r, per_post) for p, r, _ in settled]
+    if cache is not None:
+        cache.put_many((_cache_key(job, p.input_hash), r) for p, r, _ in settled)
+    store.settle(job.name, settled)
+    store.release(job.name, again)
+    note = f"{status}: {len(settled)} answered, {len(again)} asked again" + (
+        f"; e.g. {next(iter(answers.errors.values()))}" if answers.errors else ""
+    )
+    store.close_batch(batch_id, note)
+    log.info("batch %s %s", batch_id, note)
+    report.items_updated += len(settled)
+    report.items_requeued += len(again)
+    return again
+
+
+def collect_batches(job: JobConfig, catalog: Catalog, client: AzureBatchClient, log: logging.Logger,
+                    now: dt.datetime | None = None) -> PollReport:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    settings = job.inference.batch
+    report = PollReport()
+    with BatchStore(batch_store_path()) as store:
+        cache = ResponseCache(response_cache_path()) if job.inference.cache else None
+        try:
+            requeued: list[QueuedPost] = []
+            for record in store.open_batches(job.name):
+                batch = client.retrieve(record.batch_id)
+                report.batches_polled += 1
+                counts = batch.request_counts
+                store.update_batch(record.batch_id, batch.status, batch.output_file_id, batch.error_file_id,
+                                   counts.completed if counts else 0, counts.failed if counts else 0)
+                if batch.status in OPEN_STATUSES:
+                    overdue = now - record.submitted_at > dt.timedelta(hours=settings.stuck_after_hours)
+                    if overdue and batch.status != "cancelling":
+                        client.cancel(record.batch_id)
+                        report.batches_cancelled += 1
+                        log.warning("batch %s still %s after %.0f h (inference.batch.stuck_after_hours): cancelled; "
+                                    "its unanswered items are asked again", record.batch_id, batch.status, settings.stuck_after_hours)
+                    continue
+                report.batches_finished[batch.status] += 1
+                requeued += _collect(job, store, client, record.batch_id, batch.status, batch.output_file_id,
+                                     batch.error_file_id, cache, report, log)
+        finally:
+            if cache is not None:
+                cache.close()
+        if requeued and settings.on_expired == "realtime":
+            # The days go to a realtime run; answers already in the cache are not paid again.
+            report.days_for_realtime = sorted({p.day for p in requeued})
+            for day in report.days_for_realtime:
+                store.forget_day(job.name, day)
+        else:
+            report.batches_submitted, _ = send_unsent(job, store, client, log)
+        for day in store.complete_days(job.name):
+            report.days_written.append(_write_day(job, catalog, store, day))
+            store.forget_day(job.name, day)  # only after the write committed
+    return report
+
+
+def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date) -> DayWritten:
+    posts = store.day_posts(job.name, day, job.response_model)
+    results = [p.result for p in posts]
+    chunk = Chunk(hashes=[p.input_hash for p in posts], truncated=[p.truncated for p in posts], results=results)  # type: ignore[arg-type]
+    keys = pa.array([p.key for p in posts])
+    updated = pa.array([p.update_time for p in posts], pa.timestamp("us", tz="UTC"))
+    rows = result_rows(job, pa.array([day] * len(posts), pa.date32()), job.inference.model, keys, updated, chunk, results)  # type: ignore[arg-type]
+    index_type = load_table(catalog, job.connector.source.tables[0].identifier).schema().find_field(job.index_field).field_type
+    written = write_days(open_target(catalog, job, index_type), job, [day], rows)
+    labels = Counter(getattr(r.response, "label", None) for r in results if r is not None and r.response is not None)
+    labels.pop(None, None)
+    return DayWritten(day, Counter(r.status for r in results if r is not None), labels, store.day_usage(job.name, day), written.snapshot_id)

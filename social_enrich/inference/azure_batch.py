@@ -1,0 +1,144 @@
+"""Azure OpenAI Global Batch: JSONL request files out, answers back by ``custom_id``.
+
+Requests are the same packed chat requests the realtime path sends (``packing``), so a batch answer
+is validated and matched exactly like a realtime one. Files are split at Azure's limits (requests
+and bytes per file); one deployment per file. Output order is not guaranteed, so everything is
+joined on ``custom_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from pydantic import BaseModel
+
+from social_enrich.config import InferenceConfig
+from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_ANSWER, FILTERED_PROMPT
+from social_enrich.inference.packing import UnreadableAnswer, build_messages, match_answer, response_format
+from social_enrich.inference.provider import PostToScore, ScoreResult
+from social_enrich.inference.usage import Usage
+
+COMPLETION_WINDOW = "24h"
+
+
+@dataclass(frozen=True)
+class RequestFile:
+    """One JSONL input file: its bytes and the custom_ids it carries, in order."""
+
+    content: bytes
+    custom_ids: list[str]
+
+
+def request_line(custom_id: str, inference: InferenceConfig, response_model: type[BaseModel], posts: Sequence[PostToScore]) -> bytes:
+    body = {
+        "model": inference.model,
+        "messages": build_messages(inference.prompt, list(posts)),
+        "response_format": response_format(response_model),
+        "max_tokens": ANSWER_OVERHEAD_TOKENS + len(posts) * inference.max_output_tokens_per_post,
+    }
+    line = {"custom_id": custom_id, "method": "POST", "url": "/chat/completions", "body": body}
+    return json.dumps(line, ensure_ascii=False, default=str, separators=(",", ":")).encode() + b"\n"
+
+
+def request_files(lines: Sequence[tuple[str, bytes]], max_requests: int, max_bytes: int) -> Iterator[RequestFile]:
+    """Group (custom_id, line) into files of at most ``max_requests`` lines and ``max_bytes`` bytes."""
+    ids: list[str] = []
+    parts: list[bytes] = []
+    size = 0
+    for custom_id, line in lines:
+        if len(line) > max_bytes:
+            raise ValueError(f"request {custom_id} alone is {len(line)} bytes, over the file limit of {max_bytes}")
+        if parts and (len(parts) >= max_requests or size + len(line) > max_bytes):
+            yield RequestFile(b"".join(parts), ids)
+            ids, parts, size = [], [], 0
+        ids.append(custom_id)
+        parts.append(line)
+        size += len(line)
+    if parts:
+        yield RequestFile(b"".join(parts), ids)
+
+
+def new_custom_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+@dataclass
+class BatchAnswers:
+    """What a finished batch's files say, per custom_id."""
+
+    answered: dict[str, list[ScoreResult | None]] = field(default_factory=dict)  # None: ask again (item missing or invalid)
+    errors: dict[str, str] = field(default_factory=dict)  # the whole request failed: ask again
+    usage: Usage = field(default_factory=Usage)
+
+
+def read_output_line(line: dict[str, Any], sizes: dict[str, int], response_model: type[BaseModel], into: BatchAnswers) -> None:
+    custom_id = line.get("custom_id")
+    if custom_id not in sizes:
+        return  # not a request of ours (or already settled): ignored
+    response = line.get("response") or {}
+    error = line.get("error")
+    status = response.get("status_code")
+    body = response.get("body") or {}
+    if error or status != 200:
+        code = (error or body.get("error") or {}).get("code")
+        if status == 400 and code == "content_filter":
+            into.answered[custom_id] = [ScoreResult("filtered", None, FILTERED_PROMPT)] * sizes[custom_id]
+            return
+        message = (error or body.get("error") or {}).get("message", "")
+        into.errors[custom_id] = f"{code or 'HTTP ' + str(status)}: {message}"[:500]
+        return
+    usage = body.get("usage") or {}
+    into.usage.prompt_tokens += usage.get("prompt_tokens", 0)
+    into.usage.completion_tokens += usage.get("completion_tokens", 0)
+    into.usage.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    into.usage.requests += 1
+    choice = (body.get("choices") or [{}])[0]
+    if choice.get("finish_reason") == "content_filter":
+        into.answered[custom_id] = [ScoreResult("filtered", None, FILTERED_ANSWER)] * sizes[custom_id]
+        return
+    try:
+        matched = match_answer((choice.get("message") or {}).get("content"), sizes[custom_id], response_model)
+    except UnreadableAnswer as e:
+        into.errors[custom_id] = str(e)
+        return
+    into.answered[custom_id] = [
+        ScoreResult("ok", matched.answers[n]) if n in matched.answers else None for n in range(sizes[custom_id])
+    ]
+
+
+def parse_jsonl(content: bytes) -> Iterator[dict[str, Any]]:
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if raw.strip():
+            try:
+                yield json.loads(raw)
+            except ValueError:
+                continue  # a torn line is treated like a missing answer: its posts are asked again
+
+
+class AzureBatchClient:
+    """Upload, create, retrieve, cancel and download, through the openai SDK's Azure client."""
+
+    def __init__(self, client: openai.AzureOpenAI) -> None:
+        self.client = client
+
+    def submit(self, request_file: RequestFile) -> tuple[str, str, str]:
+        """(batch id, status, input file id) of a new batch for the file."""
+        uploaded = self.client.files.create(file=("requests.jsonl", request_file.content), purpose="batch")
+        batch = self.client.batches.create(
+            input_file_id=uploaded.id, endpoint="/chat/completions", completion_window=COMPLETION_WINDOW
+        )
+        return batch.id, batch.status, uploaded.id
+
+    def retrieve(self, batch_id: str) -> Any:
+        return self.client.batches.retrieve(batch_id)
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.batches.cancel(batch_id)
+
+    def download(self, file_id: str | None) -> bytes:
+        return self.client.files.content(file_id).content if file_id else b""

@@ -1,0 +1,74 @@
+"""The batch poller: collects finished Azure OpenAI batches and materializes the days they complete.
+
+All its state is in the batch store (and at Azure), not in the cursor, so a restarted daemon or a
+failed tick simply polls again; a day leaves the store only after its rows are committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import dagster as dg
+
+from social_enrich.assets import batch_sensor_name
+from social_enrich.batch_enrichment import DayWritten, collect_batches
+from social_enrich.config import JobConfig
+from social_enrich.inference.azure_batch import AzureBatchClient
+from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.lakehouse.catalog import open_catalog
+
+
+def day_metadata(job: JobConfig, written: DayWritten) -> dict:
+    prices = job.inference.price_per_million_tokens
+    realtime = written.usage.cost_usd(prices)
+    batch = realtime * job.inference.batch.price_share
+    return {
+        "dagster/table_name": job.connector.target.identifier,
+        "dagster/partition_row_count": sum(written.statuses.values()),
+        "model": job.inference.model,
+        "prompt_version": job.inference.prompt_version,
+        "served_by": "azure_openai_batch",
+        "posts_scored": written.statuses["ok"],
+        "posts_failed": written.statuses["failed"],
+        "posts_filtered": written.statuses["filtered"],
+        "labels": dg.MetadataValue.json(dict(sorted(written.labels.items()))),
+        **{f"llm/{name}": value for name, value in asdict(written.usage).items() if name.endswith("tokens")},
+        "llm/estimated_cost_usd": round(batch, 6),
+        "llm/realtime_cost_usd": round(realtime, 6),
+        "llm/batch_saving_usd": round(realtime - batch, 6),
+        "target_snapshot_id": str(written.snapshot_id),
+    }
+
+
+def build_batch_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.SensorDefinition:
+    settings = job.inference.batch
+
+    @dg.sensor(
+        name=batch_sensor_name(job),
+        minimum_interval_seconds=settings.poll_interval_seconds,  # Azure asks for no faster than 60 s
+        asset_selection=dg.AssetSelection.assets(asset.key),
+        default_status=dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED,
+        description=f"Polls the Azure OpenAI batches of job '{job.name}', writes and materializes the days they complete.",
+    )
+    def _poll(context: dg.SensorEvaluationContext, azure_openai: AzureOpenAIResource) -> dg.SensorResult:
+        client = AzureBatchClient(azure_openai.batch_client())
+        report = collect_batches(job, open_catalog(job.connector), client, context.log)
+        context.log.info(report.summary())
+        events = [
+            dg.AssetMaterialization(asset_key=asset.key, partition=w.day.isoformat(), metadata=day_metadata(job, w))
+            for w in report.days_written
+        ]
+        # Days whose items expired or failed, with on_expired: realtime, are re-run realtime; the
+        # answers that did land are in the response cache and are not paid again.
+        runs = [
+            dg.RunRequest(
+                partition_key=day.isoformat(),
+                run_config={"ops": {job.asset_name: {"config": {"batch": False}}}},
+                tags={"social_enrich/trigger": "batch_fallback"},
+            )
+            for day in report.days_for_realtime
+        ]
+        return dg.SensorResult(run_requests=runs, asset_events=events)
+
+    return _poll
+

@@ -1,0 +1,194 @@
+"""The Batch API path end to end: a run submits, the poller sensor collects and materializes, against
+the emulator's Files and Batches endpoints on loopback, with a real catalog and Dagster instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from social_enrich import batch_enrichment
+from social_enrich.definitions import build_definitions
+from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
+from social_enrich.environment import batch_store_path
+from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.inference.batch_store import BatchStore
+from social_enrich.lakehouse.partition_scan import read_partition
+from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day
+from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, comparable, read_target
+
+DAYS = ["2026-11-01", "2026-11-02"]
+ASSET = "social_media_sentiment"
+SENSOR = "sentiment_batch_poller"
+BATCH = {"ops": {ASSET: {"config": {"batch": True}}}}
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureOpenAIEmulator]:
+    settings = EmulatorSettings(api_key=API_KEY, deployments=(DEPLOYMENT,), batch_completion_seconds=0.3, seed=5)
+    with AzureOpenAIEmulator(settings) as emu:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.endpoint)
+        monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
+        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
+        yield emu
+
+
+def defs_with(tmp_path: Path, **batch: str) -> dg.Definitions:
+    """The real Definitions, from a sentiment YAML whose batch settings are edited."""
+    lines = "".join(f"\n    {name}: {value}" for name, value in batch.items())
+    folder = edited_sentiment_yaml(tmp_path / "jobs", {"    enabled: false": f"    enabled: false{lines}"}).parent
+    return build_definitions([folder])
+
+
+def poll(defs: dg.Definitions, instance: dg.DagsterInstance, until_days: int, max_ticks: int = 40) -> list[dg.SensorResult]:
+    """Tick the poller (as the daemon would, each tick a fresh evaluation) until ``until_days`` days were written."""
+    sensor = defs.resolve_sensor_def(SENSOR)
+    results, written = [], 0
+    for _ in range(max_ticks):
+        context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"azure_openai": AzureOpenAIResource()})
+        result = sensor(context)
+        for event in result.asset_events:  # what the sensor daemon does with them
+            instance.report_runless_asset_event(event)
+        results.append(result)
+        written += len(result.asset_events)
+        if written >= until_days:
+            return results
+        time.sleep(0.1)
+    raise AssertionError(f"only {written} of {until_days} days written after {max_ticks} ticks")
+
+
+def materialized_days(results: list[dg.SensorResult]) -> list[str]:
+    return sorted(event.partition for result in results for event in result.asset_events)
+
+
+def realtime_target(tmp_path: Path, instance: dg.DagsterInstance, catalog, defs: dg.Definitions) -> list[dict]:
+    for n, day in enumerate(DAYS):
+        materialize_day(instance, day, defs=defs, run_config={"ops": {ASSET: {"config": {"drop": n == 0, "batch": False}}}})
+    return comparable(read_target(catalog))
+
+
+def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emulator, seeded, catalog, instance, tmp_path):
+    defs = defs_with(tmp_path)
+    for day in DAYS:
+        result = materialize_day(instance, day, defs=defs, run_config=BATCH)
+        assert result.success and result.asset_materializations_for_node(ASSET) == []  # not materialized yet
+    assert emulator.stats["batches_created"] == 2
+    with BatchStore(batch_store_path()) as store:
+        assert [b["status"] for b in store.batches("sentiment")] == ["validating", "validating"]
+
+    results = poll(defs, instance, until_days=2)
+    assert materialized_days(results) == DAYS
+    assert sorted(instance.get_materialized_partitions(dg.AssetKey(ASSET))) == DAYS
+    metadata = results[-1].asset_events[0].metadata
+    assert metadata["served_by"].value == "azure_openai_batch"
+    assert metadata["llm/batch_saving_usd"].value > 0
+    assert metadata["llm/estimated_cost_usd"].value == pytest.approx(metadata["llm/realtime_cost_usd"].value / 2, rel=1e-3)
+    batch_rows = comparable(read_target(catalog))
+    keys = [row["post_key"] for row in batch_rows]
+    assert len(keys) == len(set(keys))
+    with BatchStore(batch_store_path()) as store:
+        assert store.open_days("sentiment") == [] and store.open_batches("sentiment") == []
+
+    # The same days realtime: every answer now comes from the response cache the batches filled.
+    before = emulator.stats["requests"]
+    assert realtime_target(tmp_path, instance, catalog, defs) == batch_rows
+    assert emulator.stats["requests"] == before
+
+
+@pytest.mark.parametrize("outcome", ["expired", "error_lines", "failed"])
+def test_items_of_an_expired_failed_or_erroring_batch_are_requeued_and_nothing_is_lost_or_duplicated(
+    emulator, seeded, catalog, sentiment_job, instance, tmp_path, outcome
+):
+    emulator.script_batches(outcome)
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    results = poll(defs, instance, until_days=1)
+    assert materialized_days(results) == DAYS[:1]
+    assert emulator.stats["batches_created"] == 2  # the first, then one for what it did not answer
+    rows = read_target(catalog)
+    keys = rows["post_key"].to_pylist()
+    assert len(keys) == len(set(keys))
+    assert len(keys) == read_partition(catalog, sentiment_job, dt.date.fromisoformat(DAYS[0])).posts.num_rows
+    failed = rows.filter(pc.equal(rows["status"], "failed"))["error"].to_pylist()
+    assert all(error.startswith("post_text is") for error in failed)  # only the posts with no text
+
+
+def test_items_out_of_attempts_fail_with_a_reason(emulator, seeded, catalog, instance, tmp_path):
+    emulator.script_batches("failed", "failed")
+    defs = defs_with(tmp_path, max_attempts="2")
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    poll(defs, instance, until_days=1)
+    errors = Counter(read_target(catalog)["error"].to_pylist())
+    assert errors["no batch answer after 2 batches (inference.batch.max_attempts)"] > 0
+    assert emulator.stats["batches_created"] == 2
+
+
+def test_a_stuck_batch_is_cancelled_past_its_deadline_and_its_items_requeued(emulator, seeded, catalog, instance, tmp_path):
+    emulator.script_batches("stuck")
+    defs = defs_with(tmp_path, stuck_after_hours="0.0001")  # 0.36 s
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    time.sleep(0.5)
+    results = poll(defs, instance, until_days=1)
+    assert emulator.stats["batches_by_status"]["cancelled"] == 1
+    assert materialized_days(results) == DAYS[:1]
+    keys = read_target(catalog)["post_key"].to_pylist()
+    assert len(keys) == len(set(keys))
+
+
+def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, catalog, instance, tmp_path):
+    emulator.script_batches("expired")
+    defs = defs_with(tmp_path, on_expired="realtime")
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    sensor = defs.resolve_sensor_def(SENSOR)
+    for _ in range(40):
+        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources={"azure_openai": AzureOpenAIResource()}))
+        if result.run_requests:
+            break
+        time.sleep(0.1)
+    (request,) = result.run_requests
+    assert request.partition_key == DAYS[0]
+    assert request.run_config == {"ops": {ASSET: {"config": {"batch": False}}}}
+    assert result.asset_events == []
+    # The realtime run pays only for the posts the expired batch did not answer.
+    answered = emulator.stats["batch_posts_answered"]
+    run = materialize_day(instance, DAYS[0], defs=defs, run_config=request.run_config)
+    metadata = run.asset_materializations_for_node(ASSET)[0].metadata
+    # (at least: two posts with the same fields share one cached answer)
+    assert answered <= metadata["posts_from_cache"].value < metadata["posts_touched"].value
+    assert metadata["llm/requests"].value > 0
+
+
+def test_the_poller_survives_a_failed_tick_and_a_restart(emulator, seeded, catalog, instance, tmp_path, monkeypatch):
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    time.sleep(0.5)
+    real_write = batch_enrichment.write_days
+
+    def crash(*args, **kwargs):
+        raise OSError("warehouse unreachable")
+
+    monkeypatch.setattr(batch_enrichment, "write_days", crash)
+    with pytest.raises(Exception, match="warehouse unreachable"):
+        poll(defs, instance, until_days=1, max_ticks=1)
+    monkeypatch.setattr(batch_enrichment, "write_days", real_write)
+    # A new process would build new Definitions; all state is in the batch store and at Azure.
+    requests_before = emulator.stats["requests"]
+    (tmp_path / "again").mkdir()
+    results = poll(defs_with(tmp_path / "again"), instance, until_days=1)
+    assert materialized_days(results) == DAYS[:1]
+    assert emulator.stats["batches_created"] == 1 and emulator.stats["requests"] == requests_before
+    keys = read_target(catalog)["post_key"].to_pylist()
+    assert len(keys) == len(set(keys)) > 0
+
+
+def test_batch_mode_without_an_endpoint_fails_clearly(seeded, instance, tmp_path):
+    result = materialize_day(instance, DAYS[0], defs=defs_with(tmp_path), run_config=BATCH, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "the Batch API needs Azure OpenAI" in failure.step_failure_data.error.message
