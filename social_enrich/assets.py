@@ -25,14 +25,14 @@ from pydantic import Field
 from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig, TableRef
-from social_enrich.batch_enrichment import submit_days
-from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_days
+from social_enrich.batch_enrichment import forget_written_days, submit_days
+from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, days_between, enrich_days
 from social_enrich.inference.azure_openai import AzureOpenAIResource
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.selection import build_provider, provider_kind
 from social_enrich.lakehouse.partition_scan import days_text
 from social_enrich.lakehouse.catalog import load_table, open_catalog
-from social_enrich.lakehouse.snapshots import current_snapshot_info
+from social_enrich.lakehouse.snapshots import current_snapshot_info, observation_metadata
 
 
 class EnrichmentRunConfig(Config):
@@ -62,13 +62,7 @@ def build_gold_source_asset(job: JobConfig, ref: TableRef) -> AssetsDefinition:
     def _observe() -> ObserveResult:
         table = load_table(open_catalog(job.connector), ref.identifier)
         info = current_snapshot_info(table)
-        metadata = {
-            "dagster/row_count": info.total_records,
-            "snapshot_id": str(info.snapshot_id),
-            "total-data-files": info.total_data_files,
-        }
-        if info.committed_at:
-            metadata["snapshot_committed_at"] = MetadataValue.timestamp(info.committed_at)
+        metadata = observation_metadata(info)
         return ObserveResult(data_version=DataVersion(str(info.snapshot_id)), metadata=metadata)
 
     return _observe
@@ -163,6 +157,7 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
             f"{report.days_text}: {report.posts} posts, {dict(report.statuses)}, labels {dict(report.labels)} "
             f"in {sum(report.seconds.values()):.1f}s"
         )
+        forget_written_days(job, days_between(first, last))  # batch work queued for these days is obsolete
         target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
         yield MaterializeResult(metadata=_metadata(job, report, time.perf_counter() - started, target_rows))
 

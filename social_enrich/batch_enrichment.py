@@ -63,7 +63,7 @@ class PollReport:
     items_requeued: int = 0
     errors: int = 0  # requests answered with an error line, or not at all
     days_written: list[DayWritten] = field(default_factory=list)
-    days_for_realtime: list[dt.date] = field(default_factory=list)
+    days_for_realtime: list[tuple[dt.date, str]] = field(default_factory=list)  # (day, queued at)
     batches_submitted: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -207,15 +207,22 @@ def collect_batches(job: JobConfig, catalog: Catalog, client: AzureBatchClient, 
                 cache.close()
         if requeued and settings.on_expired == "realtime":
             # The days go to a realtime run; answers already in the cache are not paid again.
-            report.days_for_realtime = sorted({p.day for p in requeued})
-            for day in report.days_for_realtime:
-                store.forget_day(job.name, day)
-        else:
-            report.batches_submitted, _ = send_unsent(job, store, client, log)
+            store.hand_to_realtime(job.name, {p.day for p in requeued})
+        report.batches_submitted, _ = send_unsent(job, store, client, log)
         for day in store.complete_days(job.name):
             report.days_written.append(_write_day(job, catalog, store, day))
-            store.forget_day(job.name, day)  # only after the write committed
+            store.forget_days(job.name, [day])  # only after the write committed
+        # Until their realtime run forgets them, these days are requested again (under the same run key).
+        report.days_for_realtime = store.realtime_days(job.name)
     return report
+
+
+def forget_written_days(job: JobConfig, days: list[dt.date]) -> None:
+    """A realtime run wrote these days: batch work queued for them is obsolete."""
+    path = batch_store_path()
+    if path.exists():
+        with BatchStore(path) as store:
+            store.forget_days(job.name, days)
 
 
 def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date) -> DayWritten:

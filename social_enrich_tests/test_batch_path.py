@@ -155,6 +155,10 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     assert request.partition_key == DAYS[0]
     assert request.run_config == {"ops": {ASSET: {"config": {"batch": False}}}}
     assert result.asset_events == []
+    # Until the realtime run has written the day, every tick asks again under the same run key.
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"azure_openai": AzureOpenAIResource()})
+    assert [r.run_key for r in sensor(context).run_requests] == [request.run_key]
+    assert emulator.stats["batches_created"] == 1  # the day's leftovers were not sent in another batch
     # The realtime run pays only for the posts the expired batch did not answer.
     answered = emulator.stats["batch_posts_answered"]
     run = materialize_day(instance, DAYS[0], defs=defs, run_config=request.run_config)
@@ -162,6 +166,10 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     # (at least: two posts with the same fields share one cached answer)
     assert answered <= metadata["posts_from_cache"].value < metadata["posts_touched"].value
     assert metadata["llm/requests"].value > 0
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"azure_openai": AzureOpenAIResource()})
+    assert sensor(context).run_requests == []  # the run wrote the day, so the hand-over is done
+    with BatchStore(batch_store_path()) as store:
+        assert store.open_days("sentiment") == []
 
 
 def test_the_poller_survives_a_failed_tick_and_a_restart(emulator, seeded, catalog, instance, tmp_path, monkeypatch):

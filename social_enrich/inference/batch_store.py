@@ -27,6 +27,7 @@ FINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS days (
     job TEXT NOT NULL, day TEXT NOT NULL, posts INTEGER NOT NULL, queued_at TEXT NOT NULL,
+    realtime INTEGER NOT NULL DEFAULT 0,  -- handed to a realtime run, which forgets the day when done
     PRIMARY KEY (job, day));
 CREATE TABLE IF NOT EXISTS posts (
     job TEXT NOT NULL, day TEXT NOT NULL, post_key TEXT NOT NULL, update_time TEXT, input_hash TEXT NOT NULL,
@@ -105,7 +106,7 @@ class BatchStore:
             self._db.execute("BEGIN IMMEDIATE")
             for day, n in counts.items():
                 self._db.execute("DELETE FROM posts WHERE job = ? AND day = ?", (job, day))
-                self._db.execute("INSERT OR REPLACE INTO days VALUES (?, ?, ?, ?)", (job, day, n, _now()))
+                self._db.execute("INSERT OR REPLACE INTO days (job, day, posts, queued_at) VALUES (?, ?, ?, ?)", (job, day, n, _now()))
             self._db.executemany(
                 "INSERT INTO posts (job, day, post_key, update_time, input_hash, truncated, fields, status, response, error)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -116,8 +117,9 @@ class BatchStore:
         """Posts with no answer and in no open request: to submit."""
         rows = self._db.execute(
             "SELECT day, post_key, update_time, input_hash, truncated, fields, attempts FROM posts"
-            " WHERE job = ? AND status IS NULL AND custom_id IS NULL ORDER BY day, post_key",
-            (job,),
+            " WHERE job = ? AND status IS NULL AND custom_id IS NULL"
+            " AND day NOT IN (SELECT day FROM days WHERE job = ? AND realtime = 1) ORDER BY day, post_key",
+            (job, job),
         )
         return [
             QueuedPost(dt.date.fromisoformat(day), json.loads(key), dt.datetime.fromisoformat(t) if t else None,
@@ -184,7 +186,7 @@ class BatchStore:
     def complete_days(self, job: str) -> list[dt.date]:
         """Days whose every post has an answer (or that have no posts)."""
         rows = self._db.execute(
-            "SELECT d.day FROM days d WHERE d.job = ? AND NOT EXISTS"
+            "SELECT d.day FROM days d WHERE d.job = ? AND d.realtime = 0 AND NOT EXISTS"
             " (SELECT 1 FROM posts p WHERE p.job = d.job AND p.day = d.day AND p.status IS NULL) ORDER BY d.day",
             (job,),
         )
@@ -193,6 +195,17 @@ class BatchStore:
     def open_days(self, job: str) -> list[dt.date]:
         rows = self._db.execute("SELECT day FROM days WHERE job = ? ORDER BY day", (job,))
         return [dt.date.fromisoformat(day) for (day,) in rows]
+
+    def hand_to_realtime(self, job: str, days: Iterable[dt.date]) -> None:
+        """These days are no longer sent in batches; a realtime run will write them (and forget them)."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE days SET realtime = 1 WHERE job = ? AND day = ?", [(job, d.isoformat()) for d in days])
+
+    def realtime_days(self, job: str) -> list[tuple[dt.date, str]]:
+        """(day, when it was queued) of the days waiting for a realtime run."""
+        rows = self._db.execute("SELECT day, queued_at FROM days WHERE job = ? AND realtime = 1 ORDER BY day", (job,))
+        return [(dt.date.fromisoformat(day), queued_at) for day, queued_at in rows]
 
     def day_posts(self, job: str, day: dt.date, response_model: type[BaseModel]) -> list[QueuedPost]:
         rows = self._db.execute(
@@ -206,12 +219,13 @@ class BatchStore:
             for key, t, h, cut, fields, attempts, status, response, error in rows
         ]
 
-    def forget_day(self, job: str, day: dt.date) -> None:
-        """The day was written to the target (or handed to realtime): its queue entries go."""
+    def forget_days(self, job: str, days: Iterable[dt.date]) -> None:
+        """The days were written to the target: their queue entries go (late batch answers are ignored)."""
+        keys = [(job, d.isoformat()) for d in days]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM posts WHERE job = ? AND day = ?", (job, day.isoformat()))
-            self._db.execute("DELETE FROM days WHERE job = ? AND day = ?", (job, day.isoformat()))
+            self._db.executemany("DELETE FROM posts WHERE job = ? AND day = ?", keys)
+            self._db.executemany("DELETE FROM days WHERE job = ? AND day = ?", keys)
 
     # -- batches --------------------------------------------------------------------------------
 

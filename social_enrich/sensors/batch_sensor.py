@@ -62,11 +62,12 @@ def build_batch_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.SensorD
         # answers that did land are in the response cache and are not paid again.
         runs = [
             dg.RunRequest(
+                run_key=f"batch_fallback:{day}:{queued_at}",  # one run per hand-over, however many ticks see it
                 partition_key=day.isoformat(),
                 run_config={"ops": {job.asset_name: {"config": {"batch": False}}}},
                 tags={"social_enrich/trigger": "batch_fallback"},
             )
-            for day in report.days_for_realtime
+            for day, queued_at in report.days_for_realtime
         ]
         return dg.SensorResult(run_requests=runs, asset_events=events)
 

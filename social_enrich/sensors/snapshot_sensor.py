@@ -27,7 +27,7 @@ from social_enrich.assets import source_asset_key
 from social_enrich.config import JobConfig, TableRef
 from social_enrich.lakehouse.catalog import TableNotFoundError, load_table, open_catalog
 from social_enrich.lakehouse.snapshot_changes import days_touched_since
-from social_enrich.lakehouse.snapshots import current_snapshot_info
+from social_enrich.lakehouse.snapshots import current_snapshot_info, observation_metadata
 
 CURSOR_VERSION = 1
 TRIGGER_TAGS = {"social_enrich/trigger": "gold_snapshot"}
@@ -186,15 +186,11 @@ class _Tick:
     def _observe(self, ref: TableRef, table: Table, new_snapshots: int, days: frozenset[dt.date]) -> None:
         """The table's data version, as its observable source asset records it."""
         info = current_snapshot_info(table)
-        metadata: dict[str, Any] = {
-            "dagster/row_count": info.total_records,
-            "snapshot_id": str(info.snapshot_id),
-            "total-data-files": info.total_data_files,
+        metadata = {
+            **observation_metadata(info),
             "new_snapshots": new_snapshots,
             "days_touched": describe_days(days),
         }
-        if info.committed_at:
-            metadata["snapshot_committed_at"] = dg.MetadataValue.timestamp(info.committed_at)
         self.observations.append(
             dg.AssetObservation(
                 asset_key=source_asset_key(ref), tags={DATA_VERSION_TAG: str(info.snapshot_id)}, metadata=metadata
