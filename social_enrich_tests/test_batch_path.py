@@ -17,6 +17,7 @@ from social_enrich import batch_enrichment
 from social_enrich.definitions import build_definitions
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.environment import batch_store_path
+from social_enrich.inference.azure_batch import request_files
 from social_enrich.inference.azure_openai import AzureOpenAIResource
 from social_enrich.inference.batch_store import BatchStore
 from social_enrich.lakehouse.partition_scan import read_partition
@@ -200,3 +201,26 @@ def test_batch_mode_without_an_endpoint_fails_clearly(seeded, instance, tmp_path
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "the Batch API needs Azure OpenAI" in failure.step_failure_data.error.message
+
+
+def test_request_files_split_at_the_request_and_byte_limits():
+    lines = [(f"req-{n}", b"x" * 99 + b"\n") for n in range(10)]
+    by_count = list(request_files(lines, max_requests=4, max_bytes=10_000))
+    assert [f.custom_ids for f in by_count] == [["req-0", "req-1", "req-2", "req-3"], ["req-4", "req-5", "req-6", "req-7"], ["req-8", "req-9"]]
+    by_bytes = list(request_files(lines, max_requests=100, max_bytes=350))
+    assert [len(f.custom_ids) for f in by_bytes] == [3, 3, 3, 1] and all(len(f.content) <= 350 for f in by_bytes)
+    assert b"".join(f.content for f in by_bytes) == b"".join(line for _, line in lines)
+    with pytest.raises(ValueError, match="request req-0 alone is 100 bytes, over the file limit of 50"):
+        list(request_files(lines, max_requests=100, max_bytes=50))
+
+
+def test_a_day_too_big_for_one_file_goes_in_several_batches(emulator, seeded, catalog, sentiment_job, instance, tmp_path):
+    defs = defs_with(tmp_path, requests_per_file="3")
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    created = emulator.stats["batches_created"]
+    assert created >= 3  # about 200 posts, 20 per request, 3 requests per file
+    with BatchStore(batch_store_path()) as store:
+        assert all(b["requests"] <= 3 for b in store.batches("sentiment"))
+    poll(defs, instance, until_days=1)
+    keys = read_target(catalog)["post_key"].to_pylist()
+    assert len(keys) == len(set(keys)) == read_partition(catalog, sentiment_job, dt.date.fromisoformat(DAYS[0])).posts.num_rows
