@@ -96,10 +96,12 @@ def submit_days(
             updated = posts.source_update_time.slice(start, CHUNK_POSTS).to_pylist()
             for n, key in enumerate(rows[job.index_field].to_pylist()):
                 post = sendable.get(n)
-                result = chunk.results[n] if post is None else hits.get(_cache_key(job, chunk.hashes[n]))
-                report.not_sendable += post is None
-                report.from_cache += post is not None and result is not None
-                fields = post.fields if post is not None else {}
+                if post is None:  # nothing to send: its result (failed) is known
+                    result, fields = chunk.results[n], {}
+                    report.not_sendable += 1
+                else:
+                    result, fields = hits.get(_cache_key(job, chunk.hashes[n])), post.fields
+                    report.from_cache += result is not None
                 queued.append(QueuedPost(days[n], key, updated[n], chunk.hashes[n], chunk.truncated[n], fields, 0, result))
     finally:
         if cache is not None:
@@ -144,9 +146,8 @@ def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_
     for file_id in (output, errors_file):
         for line in parse_jsonl(client.download(file_id)):
             read_output_line(line, sizes, job.response_model, answers)
-    settled: list[tuple[QueuedPost, ScoreResult, Usage]] = []
+    answered: list[tuple[QueuedPost, ScoreResult]] = []
     again: list[QueuedPost] = []
-    share = Usage()
     for cid, posts in requests.items():
         results = answers.answered.get(cid)
         if results is None:
@@ -157,11 +158,10 @@ def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_
             if result is None:
                 again.append(post)
             else:
-                settled.append((post, result, share))
+                answered.append((post, result))
     # Tokens are paid per request: each answered post carries an equal share of the batch's tokens.
-    if settled:
-        per_post = Usage(**{name: value / len(settled) for name, value in vars(answers.usage).items()})  # type: ignore[arg-type]
-        settled = [(p, r, per_post) for p, r, _ in settled]
+    share = Usage(**{name: value / max(len(answered), 1) for name, value in vars(answers.usage).items()})
+    settled = [(post, result, share) for post, result in answered]
     if cache is not None:
         cache.put_many((_cache_key(job, p.input_hash), r) for p, r, _ in settled)
     store.settle(job.name, settled)
