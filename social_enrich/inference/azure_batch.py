@@ -112,7 +112,7 @@ def read_output_line(line: dict[str, Any], sizes: dict[str, int], response_model
 
 
 def parse_jsonl(content: bytes) -> Iterator[dict[str, Any]]:
-    for number, raw in enumerate(content.splitlines(), start=1):
+    for raw in content.splitlines():
         if raw.strip():
             try:
                 yield json.loads(raw)
