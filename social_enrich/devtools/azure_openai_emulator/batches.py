@@ -316,7 +316,7 @@ class Batch:
             answered = set(rng.sample(range(len(requests)), share_count))
         unanswered_code = "batch_expired" if status == "expired" else "batch_cancelled"
         outputs, errors = [], []
-        counts = _LineTally()
+        counts = BatchLineCounts()
         for index, request in enumerate(requests):
             if index not in answered:
                 errors.append(_unanswered_line(request.custom_id, unanswered_code))
@@ -330,7 +330,7 @@ class Batch:
         self._output_file_id = self._write(outputs, "output")
         self._error_file_id = self._write(errors, "error")
         self._counts = {"total": len(requests), "completed": len(outputs), "failed": len(errors)}
-        self._stats.record_batch_finished(status, counts.frozen())
+        self._stats.record_batch_finished(status, counts)
 
     def _failing_lines(self, rng: random.Random, count: int) -> list[bool]:
         """Per line: answered with a 500 instead of its answer."""
@@ -344,30 +344,6 @@ class Batch:
             return None
         data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         return self._files.add(data, f"{self.id}_{kind}.jsonl", "batch_output").id
-
-
-@dataclass
-class _LineTally:
-    answered: int = 0
-    error_lines: int = 0
-    unanswered: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    posts: int = 0
-
-    def add(self, reply: Reply) -> None:
-        if reply.status != 200:
-            self.error_lines += 1
-            return
-        self.answered += 1
-        self.prompt_tokens += reply.prompt_tokens
-        self.completion_tokens += reply.completion_tokens
-        self.posts += reply.posts
-
-    def frozen(self) -> BatchLineCounts:
-        return BatchLineCounts(
-            self.answered, self.error_lines, self.unanswered, self.prompt_tokens, self.completion_tokens, self.posts
-        )
 
 
 def _answer(request: BatchRequest, deployment: str, failing: bool) -> Reply:

@@ -12,7 +12,7 @@ from typing import Any
 from .replies import Reply
 
 
-@dataclass(frozen=True)
+@dataclass
 class BatchLineCounts:
     """What a finished batch wrote: lines per kind, and the usage of its output lines."""
 
@@ -22,6 +22,16 @@ class BatchLineCounts:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     posts: int = 0
+
+    def add(self, reply: Reply) -> None:
+        """Count one answered line: an output line (200) or an error line."""
+        if reply.status != 200:
+            self.error_lines += 1
+            return
+        self.answered += 1
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        self.posts += reply.posts
 
 
 class Stats:
