@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import openai
 import pytest
 from pyiceberg.catalog import Catalog
 
 from social_enrich import demo
 from social_enrich.config import JobConfig, load_job_config
+from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator
 from social_enrich.environment import BUILTIN_JOBS_DIR
 from social_enrich.lakehouse.catalog import open_catalog
+from social_enrich_tests.emulator_sdk import sdk_client
 
 SAMPLE_START = dt.date(2026, 11, 1)
 
@@ -51,3 +54,10 @@ def instance() -> Iterator[dg.DagsterInstance]:
     """A real, throwaway Dagster instance."""
     with dg.instance_for_test() as instance:
         yield instance
+
+
+@pytest.fixture
+def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
+    """An SDK client of the test module's own ``emulator`` fixture, with that emulator's key."""
+    with sdk_client(emulator, emulator.settings.api_key) as client:
+        yield client

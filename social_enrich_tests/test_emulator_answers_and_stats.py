@@ -22,7 +22,7 @@ from social_enrich.devtools.azure_openai_emulator import (
     rate_limit_tokens,
 )
 from social_enrich.devtools.azure_openai_emulator.cli import main
-from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, NEGATIVE, NEUTRAL, POSITIVE, BatchSentiment, Sentiment, sdk_client
+from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, NEGATIVE, NEUTRAL, POSITIVE, BatchSentiment, Sentiment
 
 API_KEY = "answers-test-key"
 
@@ -34,13 +34,6 @@ BATCH_SCHEMA = openai.pydantic_function_tool(BatchSentiment)["function"]["parame
 def emulator() -> Iterator[AzureOpenAIEmulator]:
     with AzureOpenAIEmulator(EmulatorSettings(api_key=API_KEY, deployments=(DEPLOYMENT, "gpt-4o"))) as emu:
         yield emu
-
-
-@pytest.fixture
-def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = sdk_client(emulator, API_KEY)
-    yield client
-    client.close()
 
 
 def _user(text: str) -> list[dict]:

@@ -45,12 +45,6 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
         yield emu
 
 
-@pytest.fixture
-def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    with sdk_client(emulator, API_KEY) as client:
-        yield client
-
-
 # ------------------------------------------------------------------------------------------
 # Helpers: input lines, upload and submit, polling, reading outputs
 # ------------------------------------------------------------------------------------------

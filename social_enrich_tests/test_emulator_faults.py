@@ -35,13 +35,6 @@ def _client(emu: AzureOpenAIEmulator, timeout: float = 10) -> openai.AzureOpenAI
     return sdk_client(emu, API_KEY, timeout)
 
 
-@pytest.fixture
-def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = _client(emulator)
-    yield client
-    client.close()
-
-
 def _user(text: str) -> list[dict]:
     return [{"role": "system", "content": "Classify each post."}, {"role": "user", "content": text}]
 

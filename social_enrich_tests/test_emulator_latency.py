@@ -17,7 +17,7 @@ from social_enrich.devtools.azure_openai_emulator import (
     jitter_factor,
     reply_delay,
 )
-from social_enrich_tests.emulator_sdk import DEPLOYMENT, POSITIVE, sdk_client
+from social_enrich_tests.emulator_sdk import DEPLOYMENT, POSITIVE
 
 API_KEY = "latency-test-key"
 TEXT = POSITIVE
@@ -27,13 +27,6 @@ TEXT = POSITIVE
 def emulator() -> Iterator[AzureOpenAIEmulator]:
     with AzureOpenAIEmulator(EmulatorSettings(api_key=API_KEY, seed=3)) as emu:
         yield emu
-
-
-@pytest.fixture
-def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = sdk_client(emulator, API_KEY)
-    yield client
-    client.close()
 
 
 def _timed(client: openai.AzureOpenAI, text: str = TEXT) -> tuple[float, int]:

@@ -20,7 +20,7 @@ from social_enrich.devtools.azure_openai_emulator import (
     rate_limit_tokens,
 )
 from social_enrich.devtools.azure_openai_emulator.rate_limits import UNLIMITED_REQUESTS, UNLIMITED_TOKENS, RateLimiter
-from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, sdk_client
+from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT
 
 API_KEY = "rate-limit-test-key"
 OTHER = "gpt-4o"
@@ -37,13 +37,6 @@ def emulator() -> Iterator[AzureOpenAIEmulator]:
     settings = EmulatorSettings(api_key=API_KEY, deployments=(DEPLOYMENT, OTHER), rate_window_seconds=1.0)
     with AzureOpenAIEmulator(settings) as emu:
         yield emu
-
-
-@pytest.fixture
-def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
-    client = sdk_client(emulator, API_KEY)
-    yield client
-    client.close()
 
 
 def _send(client: openai.AzureOpenAI, model: str = DEPLOYMENT, **kwargs) -> tuple[int, dict[str, str]]:
