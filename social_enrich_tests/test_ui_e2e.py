@@ -181,8 +181,10 @@ def page(browser, dagster_dev: DagsterDev):
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
     # A fresh instance greets the first visit with a dialog over the page; skip it whenever it shows.
+    # The click is dispatched to the button itself: the dialog can open while another one (the
+    # Materialize dialog) is opening, whose portal then covers Skip and swallows a pointer click.
     community = page.get_by_role("dialog").filter(has_text="Join the Dagster community")
-    page.add_locator_handler(community, lambda dialog: dialog.get_by_role("button", name="Skip").click())
+    page.add_locator_handler(community, lambda dialog: dialog.get_by_role("button", name="Skip").dispatch_event("click"))
     try:
         yield page
     finally:
