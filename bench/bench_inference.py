@@ -90,7 +90,7 @@ def sent_posts(catalog, job) -> tuple[int, int]:
 
 def run_engine(job, day: dt.date, catalog, emulator: Emulator, label: str) -> dict:
     from social_enrich.enrichment import enrich_partition
-    from social_enrich.inference.azure_openai import AzureOpenAIResource
+    from social_enrich.resources import AzureOpenAIResource
     from social_enrich.inference.selection import build_provider
 
     provider = build_provider(job, AzureOpenAIResource())

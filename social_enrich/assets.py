@@ -5,6 +5,7 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -27,12 +28,12 @@ from pyiceberg.catalog import Catalog
 from social_enrich.config import JobConfig, TableRef
 from social_enrich.batch_enrichment import forget_written_days, submit_days
 from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, days_between, enrich_days
-from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.selection import build_provider, provider_kind
 from social_enrich.lakehouse.partition_scan import days_text
 from social_enrich.lakehouse.catalog import load_table, open_catalog
-from social_enrich.lakehouse.snapshots import current_snapshot_info, observation_metadata
+from social_enrich.lakehouse.snapshots import SnapshotInfo, current_snapshot_info
 
 
 class EnrichmentRunConfig(Config):
@@ -42,6 +43,18 @@ class EnrichmentRunConfig(Config):
         description="Send the work through the Azure OpenAI Batch API (true) or realtime (false); "
         "empty: the job's inference.batch.enabled. Batch-served days are materialized by the batch poller sensor.",
     )
+
+
+def observation_metadata(info: SnapshotInfo) -> dict[str, Any]:
+    """What an observation of a gold table records, whoever observes it (the asset or the sensor)."""
+    metadata: dict[str, Any] = {
+        "dagster/row_count": info.total_records,
+        "snapshot_id": str(info.snapshot_id),
+        "total-data-files": info.total_data_files,
+    }
+    if info.committed_at:
+        metadata["snapshot_committed_at"] = MetadataValue.timestamp(info.committed_at)
+    return metadata
 
 
 def batch_sensor_name(job: JobConfig) -> str:

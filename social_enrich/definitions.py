@@ -8,7 +8,7 @@ import dagster as dg
 
 from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import discover_job_configs
-from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.sensors.batch_sensor import build_batch_sensor
 from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
 

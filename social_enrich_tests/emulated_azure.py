@@ -10,7 +10,8 @@ from pyiceberg.catalog import Catalog
 
 from social_enrich.config import InferenceConfig
 from social_enrich.devtools.azure_openai_emulator import FAULT_MARKER
-from social_enrich.inference.azure_openai import AzureOpenAIProvider, AzureOpenAIResource
+from social_enrich.inference.azure_openai import AzureOpenAIProvider
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
 

@@ -20,7 +20,8 @@ from pyiceberg.catalog import Catalog
 from social_enrich.config import InferenceConfig
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.environment import response_cache_path
-from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, AzureOpenAIConfigError, AzureOpenAIProvider, AzureOpenAIResource
+from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, AzureOpenAIConfigError, AzureOpenAIProvider
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment

@@ -18,7 +18,7 @@ from social_enrich.definitions import build_definitions
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.environment import batch_store_path
 from social_enrich.inference.azure_batch import request_files
-from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.batch_store import BatchStore
 from social_enrich.lakehouse.partition_scan import read_partition
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day

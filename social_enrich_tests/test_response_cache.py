@@ -20,7 +20,7 @@ from social_enrich.config import JobConfig, load_job_config
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.enrichment import enrich_partition
 from social_enrich.environment import response_cache_path
-from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.response_cache import cache_key
 from social_enrich.inference.response_models import Sentiment
 from social_enrich.inference.selection import build_provider
@@ -139,7 +139,7 @@ RUN_ONE_PARTITION = """
 import datetime as dt, sys
 from social_enrich.config import load_job_config
 from social_enrich.enrichment import enrich_partition
-from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.selection import build_provider
 from social_enrich.lakehouse.catalog import open_catalog
 job = load_job_config(sys.argv[1])

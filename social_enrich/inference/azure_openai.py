@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from dagster import ConfigurableResource
 from pydantic import BaseModel, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -47,9 +46,12 @@ class AzureOpenAIConfigError(RuntimeError):
     """Azure OpenAI is selected but not configured; the message says which setting is missing."""
 
 
-class AzureOpenAIResource(ConfigurableResource):
+class AzureOpenAISettings(BaseModel):
     """Connection to an Azure OpenAI resource. The key is read at run time from an environment
-    variable or from the AWS Secrets Manager secret named by $OPENAI_SECRET_NAME."""
+    variable or from the AWS Secrets Manager secret named by $OPENAI_SECRET_NAME.
+
+    Plain pydantic, so the Lambda handler needs no Dagster; Dagster's resource is
+    :class:`social_enrich.resources.AzureOpenAIResource`, these same fields."""
 
     endpoint: str | None = Field(default=None, description=f"https://<name>.openai.azure.com; default ${ENDPOINT_VAR}.")
     api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version with structured outputs.")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from typing import Any
-
-from dagster import MetadataValue
 from pyiceberg.table import Table
 
 
@@ -30,15 +27,3 @@ def current_snapshot_info(table: Table) -> SnapshotInfo:
         total_records=int(summary.get("total-records", 0)),
         total_data_files=int(summary.get("total-data-files", 0)),
     )
-
-
-def observation_metadata(info: SnapshotInfo) -> dict[str, Any]:
-    """What an observation of a gold table records, whoever observes it (the asset or the sensor)."""
-    metadata: dict[str, Any] = {
-        "dagster/row_count": info.total_records,
-        "snapshot_id": str(info.snapshot_id),
-        "total-data-files": info.total_data_files,
-    }
-    if info.committed_at:
-        metadata["snapshot_committed_at"] = MetadataValue.timestamp(info.committed_at)
-    return metadata

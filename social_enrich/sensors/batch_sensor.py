@@ -14,7 +14,7 @@ from social_enrich.assets import batch_sensor_name
 from social_enrich.batch_enrichment import DayWritten, collect_batches
 from social_enrich.config import JobConfig
 from social_enrich.inference.azure_batch import AzureBatchClient
-from social_enrich.inference.azure_openai import AzureOpenAIResource
+from social_enrich.resources import AzureOpenAIResource
 from social_enrich.lakehouse.catalog import open_catalog
 
 

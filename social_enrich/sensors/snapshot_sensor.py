@@ -23,11 +23,11 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from social_enrich.assets import source_asset_key
+from social_enrich.assets import observation_metadata, source_asset_key
 from social_enrich.config import JobConfig, TableRef
 from social_enrich.lakehouse.catalog import TableNotFoundError, load_table, open_catalog
 from social_enrich.lakehouse.snapshot_changes import days_touched_since
-from social_enrich.lakehouse.snapshots import current_snapshot_info, observation_metadata
+from social_enrich.lakehouse.snapshots import current_snapshot_info
 
 CURSOR_VERSION = 1
 TRIGGER_TAGS = {"social_enrich/trigger": "gold_snapshot"}
