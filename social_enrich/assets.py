@@ -4,9 +4,9 @@
 import datetime as dt
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
+import boto3
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -22,13 +22,14 @@ from dagster import (
     asset,
     observable_source_asset,
 )
+from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
 from pydantic import Field
 from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig, TableRef
 from social_enrich.batch_enrichment import forget_written_days, submit_days
-from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, days_between, enrich_days
-from social_enrich.resources import AzureOpenAIResource
+from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, days_between, enrich_days, report_summary
+from social_enrich.resources import AwsLambdaResource, AzureOpenAIResource
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.selection import build_provider, provider_kind
 from social_enrich.lakehouse.partition_scan import days_text
@@ -92,31 +93,9 @@ def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
     return list(built.values())
 
 
-def _metadata(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict:
-    write = report.write
-    return {
-        "dagster/table_name": job.connector.target.identifier,
-        **({"dagster/row_count": target_rows} if target_rows is not None else {}),
-        "dagster/partition_row_count": write.rows_written if write else 0,
-        "model": report.model,
-        "prompt_version": job.inference.prompt_version,
-        "days": report.days_text,
-        "posts_touched": report.posts,
-        "posts_scored": report.statuses["ok"],
-        "posts_failed": report.statuses["failed"],
-        "posts_filtered": report.statuses["filtered"],
-        "posts_skipped": report.capped + sum(report.null_keys.values()),
-        "posts_from_cache": report.cache_hits,
-        "posts_truncated": report.posts_truncated,
-        "versions_collapsed": report.versions_collapsed,
-        "moved_from_other_days": write.moved_from_other_days if write else 0,
-        "labels": MetadataValue.json(dict(sorted(report.labels.items()))),
-        **{f"rows_read/{source}": count for source, count in sorted(report.rows_read.items())},
-        **{f"llm/{name}": value for name, value in asdict(report.usage).items()},
-        "llm/estimated_cost_usd": round(report.usage.cost_usd(job.inference.price_per_million_tokens), 6),
-        **{f"seconds/{p}": round(report.seconds.get(p, 0.0), 3) for p in ("scan", "score", "write")},
-        "duration_seconds": round(seconds, 3),
-    }
+def _metadata(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict[str, Any]:
+    summary = report_summary(job, report, seconds, target_rows)
+    return {**summary, "labels": MetadataValue.json(summary["labels"])}
 
 
 def _submit_batch(
@@ -131,6 +110,20 @@ def _submit_batch(
         f"{report.not_sendable} with nothing to send, {report.requests} requests in batches {report.batches}. "
         f"Sensor {batch_sensor_name(job)} writes each day when its answers land."
     )
+
+
+def _run_in_lambda(
+    context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, aws_lambda: AwsLambdaResource
+) -> Iterator[MaterializeResult]:
+    """Invoke the job's Lambda through Dagster Pipes: it reports its logs, metadata and materialization back."""
+    settings = job.execution.aws_lambda
+    reader = None
+    if settings.messages_bucket:  # S3 has no 4 KB limit, unlike the log tail of the invocation
+        reader = PipesS3MessageReader(bucket=settings.messages_bucket, client=boto3.client("s3"), interval=2)
+    pipes = PipesLambdaClient(client=aws_lambda.client(), message_reader=reader)
+    context.log.info(f"job '{job.name}': invoking Lambda {settings.function_name} through Dagster Pipes")
+    invocation = pipes.run(function_name=str(settings.function_name), event={"job": job.name, "drop": config.drop}, context=context)
+    yield from invocation.get_results()  # type: ignore[misc]
 
 
 def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
@@ -151,13 +144,19 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         # A batch run only submits: its days are materialized later, by the batch poller sensor.
         output_required=False,
     )
-    def _enrich(context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource) -> Iterator[MaterializeResult]:
+    def _enrich(
+        context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource, aws_lambda: AwsLambdaResource
+    ) -> Iterator[MaterializeResult]:
         started = time.perf_counter()
         catalog = open_catalog(job.connector)
         days = context.partition_key_range
         first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
         if job.inference.batch.enabled if config.batch is None else config.batch:
             _submit_batch(context, job, first, last, catalog, azure_openai)
+            return
+        if job.execution.mode == "lambda":
+            yield from _run_in_lambda(context, job, config, aws_lambda)
+            forget_written_days(job, days_between(first, last))
             return
         provider = build_provider(job, azure_openai)
         context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")

@@ -184,12 +184,46 @@ class AutomationConfig(_Strict):
     )
 
 
+class LambdaConfig(_Strict):
+    """Where the asset sends its partitions when execution.mode is lambda (see social_enrich/lambda_handler.py)."""
+
+    function_name: str | None = Field(default=None, description="The Lambda function (name or ARN) that runs a partition.")
+    messages_bucket: str | None = Field(
+        default=None,
+        description="S3 bucket for Dagster Pipes messages; empty: read them from the 4 KB log tail of the invocation.",
+    )
+    chunk_posts: int = Field(
+        default=1000, ge=1, description="Posts scored between two looks at the deadline and at SIGTERM."
+    )
+
+    @field_validator("function_name", "messages_bucket", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+
+class ExecutionConfig(_Strict):
+    """Where a partition's work runs: in the Dagster run's process, or in AWS Lambda through Dagster Pipes."""
+
+    # `lambda` is a Python keyword: the field is aws_lambda, spelt lambda in YAML and in dumps.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+    mode: Literal["in_process", "lambda"] = Field(default="in_process")
+    aws_lambda: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
+
+    @model_validator(mode="after")
+    def _lambda_needs_a_function(self) -> ExecutionConfig:
+        if self.mode == "lambda" and not self.aws_lambda.function_name:
+            raise ValueError("mode lambda needs lambda.function_name (the function that runs social_enrich.lambda_handler)")
+        return self
+
+
 class JobConfig(_Strict):
     name: str = Field(pattern=IDENTIFIER)
     description: str = ""
     connector: ConnectorConfig
     inference: InferenceConfig
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     path: Path | None = Field(default=None, exclude=True)
 
     @cached_property
@@ -258,17 +292,22 @@ def load_job_config(path: str | Path) -> JobConfig:
 
 
 def discover_job_configs(dirs: list[Path] | None = None) -> list[JobConfig]:
-    """Every *.yaml job in the job folders, in name order; two jobs may not share a name or target."""
-    jobs: list[JobConfig] = []
+    """Every *.yaml job in the job folders. A job in a later folder replaces an earlier folder's job of
+    the same name (a deployment's sentiment.yaml replaces the built-in one); otherwise two jobs may not
+    share a name or a target."""
+    by_name: dict[str, JobConfig] = {}
     for folder in dirs if dirs is not None else jobs_dirs():
         if not folder.is_dir():
             raise JobConfigError(f"{folder}: job folder does not exist")
-        jobs.extend(load_job_config(p) for p in sorted(folder.glob("*.yaml")))
-    for attr in ("name", "asset_name"):
-        seen: dict[str, Path | None] = {}
-        for job in jobs:
-            key = getattr(job, attr)
-            if key in seen:
-                raise JobConfigError(f"{job.path}: job {attr} '{key}' is already used by {seen[key]}")
-            seen[key] = job.path
-    return jobs
+        in_folder: dict[str, JobConfig] = {}
+        for job in (load_job_config(p) for p in sorted(folder.glob("*.yaml"))):
+            if job.name in in_folder:
+                raise JobConfigError(f"{job.path}: job name '{job.name}' is already used by {in_folder[job.name].path}")
+            in_folder[job.name] = job
+        by_name.update(in_folder)
+    seen: dict[str, Path | None] = {}
+    for job in by_name.values():
+        if job.asset_name in seen:
+            raise JobConfigError(f"{job.path}: job asset_name '{job.asset_name}' is already used by {seen[job.asset_name]}")
+        seen[job.asset_name] = job.path
+    return list(by_name.values())

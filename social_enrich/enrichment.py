@@ -8,7 +8,8 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -52,6 +53,12 @@ class EnrichmentReport:
     usage: Usage = field(default_factory=Usage)
     seconds: dict[str, float] = field(default_factory=dict)  # scan / score / write
     write: WriteStats | None = None
+    posts_left: int = 0  # not scored: the run was asked to stop (a deadline, SIGTERM) before their chunk
+    stopped: str | None = None  # why, when posts_left
+
+    @property
+    def complete(self) -> bool:
+        return self.posts_left == 0
 
     @property
     def days_text(self) -> str:
@@ -220,24 +227,35 @@ def score_partition(
     report: EnrichmentReport,
     log: logging.Logger,
     cache: ResponseCache | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+    chunk_posts: int = CHUNK_POSTS,
 ) -> pa.Table:
-    """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows."""
+    """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows.
+
+    Before each chunk after the first, ``should_stop`` may give a reason to stop: the posts left are
+    counted in the report, not scored, and the rows returned cover the chunks done."""
     send = fields_to_send(job, posts.posts.column_names)
     progress = _ProgressLog(log, posts.posts.num_rows)
     counts_labels = "label" in job.response_model.model_fields
     tables = []
-    for start in range(0, max(posts.posts.num_rows, 1), CHUNK_POSTS):
-        rows = posts.posts.slice(start, CHUNK_POSTS)
+    for start in range(0, max(posts.posts.num_rows, 1), chunk_posts):
+        reason = should_stop() if should_stop is not None and start else None
+        if reason:
+            report.posts_left, report.stopped = posts.posts.num_rows - start, reason
+            log.warning("stopping before post %d of %d: %s", start + 1, posts.posts.num_rows, reason)
+            break
+        rows = posts.posts.slice(start, chunk_posts)
         chunk = prepare_chunk(job, rows, send, log)
         results = score_chunk(job, provider, chunk, cache, progress, report)
         report.statuses.update(r.status for r in results)
         report.posts_truncated += sum(chunk.truncated)
         if counts_labels:
             report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
-        updated = posts.source_update_time.slice(start, CHUNK_POSTS)
-        days = posts.partition_date.slice(start, CHUNK_POSTS)
+        updated = posts.source_update_time.slice(start, chunk_posts)
+        days = posts.partition_date.slice(start, chunk_posts)
         tables.append(result_rows(job, days, provider.model_id, rows[job.index_field], updated, chunk, results))
-    return pa.concat_tables(tables)
+    # A chunk whose column is all null (no errors, say) has it as type null: promote, not fail.
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def enrich_days(
@@ -249,8 +267,13 @@ def enrich_days(
     *,
     drop: bool = False,
     log: logging.Logger | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+    chunk_posts: int = CHUNK_POSTS,
 ) -> EnrichmentReport:
-    """Enrich the daily partitions first..last with one scan per source and one commit to the target."""
+    """Enrich the daily partitions first..last with one scan per source and one commit to the target.
+
+    Stopped early (``should_stop``), it writes the posts scored so far and keeps the days' other rows
+    as they were; ``report.posts_left`` says how many posts a later run still has to score."""
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
     posts = read_days(catalog, job, first, last, log)
@@ -269,14 +292,14 @@ def enrich_days(
     usage_before = replace(provider.usage)
     cache = ResponseCache(response_cache_path()) if provider.caches_responses and job.inference.cache else None
     try:
-        rows = score_partition(job, provider, posts, report, log, cache)
+        rows = score_partition(job, provider, posts, report, log, cache, should_stop, chunk_posts)
     finally:
         if cache is not None:
             cache.close()
         report.usage = provider.usage - usage_before
     scored = time.perf_counter()
     target = open_target(catalog, job, posts.index_type, drop=drop)
-    report.write = write_days(target, job, days_between(first, last), rows)
+    report.write = write_days(target, job, days_between(first, last), rows, keep_other_posts=not report.complete)
     report.seconds = {
         "scan": scanned - started,
         "score": scored - scanned,
@@ -297,6 +320,35 @@ def enrich_partition(
 ) -> EnrichmentReport:
     """Enrich one daily partition."""
     return enrich_days(job, day, day, catalog, provider, drop=drop, log=log)
+
+
+def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict[str, Any]:
+    """The run's figures as plain JSON values: Dagster metadata, and the Lambda handler's answer."""
+    write = report.write
+    return {
+        "dagster/table_name": job.connector.target.identifier,
+        **({"dagster/row_count": target_rows} if target_rows is not None else {}),
+        "dagster/partition_row_count": write.rows_written if write else 0,
+        "model": report.model,
+        "prompt_version": job.inference.prompt_version,
+        "days": report.days_text,
+        "posts_touched": report.posts,
+        "posts_scored": report.statuses["ok"],
+        "posts_failed": report.statuses["failed"],
+        "posts_filtered": report.statuses["filtered"],
+        "posts_skipped": report.capped + sum(report.null_keys.values()),
+        "posts_from_cache": report.cache_hits,
+        "posts_truncated": report.posts_truncated,
+        "posts_left": report.posts_left,
+        "versions_collapsed": report.versions_collapsed,
+        "moved_from_other_days": write.moved_from_other_days if write else 0,
+        "labels": dict(sorted(report.labels.items())),
+        **{f"rows_read/{source}": count for source, count in sorted(report.rows_read.items())},
+        **{f"llm/{name}": value for name, value in asdict(report.usage).items()},
+        "llm/estimated_cost_usd": round(report.usage.cost_usd(job.inference.price_per_million_tokens), 6),
+        **{f"seconds/{p}": round(report.seconds.get(p, 0.0), 3) for p in ("scan", "score", "write")},
+        "duration_seconds": round(seconds, 3),
+    }
 
 
 def days_between(first: dt.date, last: dt.date) -> list[dt.date]:

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
+import os
+from typing import Any
 
+import boto3
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from social_enrich.devtools.local_lambda import LocalLambdaClient
 from social_enrich.inference.azure_openai import AzureOpenAISettings
+
+LAMBDA_LOCAL_VAR = "SOCIAL_ENRICH_LAMBDA_LOCAL"
 
 
 class AzureOpenAIResource(ConfigurableResource, AzureOpenAISettings):
     """Connection to an Azure OpenAI resource. The key is read at run time from an environment
     variable or from the AWS Secrets Manager secret named by $OPENAI_SECRET_NAME."""
+
+
+class AwsLambdaResource(ConfigurableResource):
+    """The Lambda client of jobs with execution.mode lambda: boto3's, or a local child process for development."""
+
+    local: bool = Field(
+        default=False, description=f"Run the handler in a local child process instead of AWS (also ${LAMBDA_LOCAL_VAR}=1)."
+    )
+    timeout_seconds: float = Field(default=900.0, gt=0, description="The local function's timeout (Lambda's most: 900).")
+
+    def client(self) -> Any:
+        if self.local or os.environ.get(LAMBDA_LOCAL_VAR) == "1":
+            return LocalLambdaClient(timeout_seconds=self.timeout_seconds)
+        return boto3.client("lambda")

@@ -94,3 +94,18 @@ def test_two_jobs_may_not_write_the_same_target(tmp_path):
     write_job(tmp_path, lambda raw: raw.update(name="sentiment_copy"), name="copy.yaml")
     with pytest.raises(JobConfigError, match="asset_name 'social_media_sentiment' is already used"):
         discover_job_configs([BUILTIN_JOBS_DIR, tmp_path])
+
+
+def test_a_later_folder_replaces_a_job_of_the_same_name(tmp_path):
+    write_job(tmp_path, lambda raw: raw["inference"].update(workers=3), name="sentiment.yaml")
+    (job,) = discover_job_configs([BUILTIN_JOBS_DIR, tmp_path])
+    assert (job.name, job.path, job.inference.workers) == ("sentiment", tmp_path / "sentiment.yaml", 3)
+
+
+def test_two_jobs_of_one_folder_may_not_share_a_name(tmp_path):
+    write_job(tmp_path, lambda raw: None, name="a.yaml")
+    write_job(tmp_path, lambda raw: raw["connector"]["target"].update(table="other"), name="b.yaml")
+    for path in (tmp_path / "a.yaml", tmp_path / "b.yaml"):
+        path.write_text("name: same\n" + path.read_text())
+    with pytest.raises(JobConfigError, match="job name 'same' is already used"):
+        discover_job_configs([tmp_path])

@@ -13,6 +13,8 @@ from social_enrich.environment import embedded_catalog_properties, state_dir
 
 SECRET_WORDS = ("secret", "password", "token", "credential", "key")
 _URI_USERINFO = re.compile(r"://[^/@\s]*@")
+# pyiceberg hands these to botocore as given, and botocore wants an int; job config values are strings.
+_INT_PROPERTIES = ("glue.max-retries",)
 
 
 class CatalogUnavailableError(RuntimeError):
@@ -40,6 +42,9 @@ def redact(text: str, props: dict[str, str]) -> str:
     for key, value in props.items():
         if value and any(word in key.lower() for word in SECRET_WORDS):
             text = text.replace(value, "***")
+            # An OAuth2 credential "client_id:client_secret" is sent, and may be quoted back, half by half.
+            if ":" in value and (half := value.split(":", 1)[1]):
+                text = text.replace(half, "***")
     return _URI_USERINFO.sub("://***@", text)
 
 
@@ -51,7 +56,7 @@ def describe_catalog(props: dict[str, str]) -> str:
 def open_catalog(connector: ConnectorConfig, name: str = "social_enrich") -> Catalog:
     props = catalog_properties(connector)
     try:
-        catalog = load_catalog(name, **props)
+        catalog = load_catalog(name, **{k: int(v) if k in _INT_PROPERTIES else v for k, v in props.items()})
         catalog.list_namespaces()  # fail here, with a clear message, rather than mid-run
     except Exception as e:
         # Not chained: the original error may quote a secret; this message is redacted instead.

@@ -116,10 +116,12 @@ def open_target(catalog: Catalog, job: JobConfig, index_type: IcebergType, drop:
     """Load the target table, creating it (or re-creating it when ``drop``); refuse one with another schema."""
     target = job.connector.target
     schema = target_schema(job, index_type)
-    try:
-        catalog.create_namespace(target.database)
-    except NamespaceAlreadyExistsError:
-        pass
+    # Asked first, so a least-privilege role needs no glue:CreateDatabase once the database exists.
+    if not catalog.namespace_exists(target.database):
+        try:
+            catalog.create_namespace(target.database)
+        except NamespaceAlreadyExistsError:
+            pass  # created meanwhile by a concurrent run
     if drop:
         try:
             catalog.drop_table(target.identifier)
@@ -164,9 +166,10 @@ def conform(rows: pa.Table, table: Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_days(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table) -> WriteStats:
+def write_days(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, *, keep_other_posts: bool = False) -> WriteStats:
     """Replace the rows of ``days`` with ``rows`` (each carrying its partition_date) and remove the same
-    posts from any other day, in one commit."""
+    posts from any other day, in one commit. ``keep_other_posts``: the rows are a part of the days'
+    posts (a run stopped early), so the days' rows of posts not in ``rows`` stay as they are."""
     index = job.connector.target.index_field
     rows = conform(rows, table)
     keys = plain(rows[index])
@@ -176,11 +179,12 @@ def write_days(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table
     moved = held.filter(pc.is_in(plain(held[index]), value_set=keys))
     # The other days that held some of these posts are rewritten without them. Whole day partitions
     # are replaced, so pyiceberg drops files by partition and never evaluates a key predicate.
-    other_days = sorted(set(moved[PARTITION_DATE].to_pylist()))
-    if other_days:
-        old = table.scan(row_filter=In(PARTITION_DATE, [d.isoformat() for d in other_days])).to_arrow()
+    other_days = [d.isoformat() for d in sorted(set(moved[PARTITION_DATE].to_pylist()))]
+    rewritten = other_days + (written if keep_other_posts else [])
+    if rewritten:
+        old = table.scan(row_filter=In(PARTITION_DATE, rewritten)).to_arrow()
         rows = pa.concat_tables([rows, old.filter(pc.invert(pc.is_in(plain(old[index]), value_set=keys)))])
-    replaced = written + [d.isoformat() for d in other_days]
+    replaced = written + other_days
     with warnings.catch_warnings():
         # Replacing a day that has no rows yet is expected, not worth a warning.
         warnings.filterwarnings("ignore", message="Delete operation did not match any records")
