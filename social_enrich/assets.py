@@ -148,15 +148,16 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource, aws_lambda: AwsLambdaResource
     ) -> Iterator[MaterializeResult]:
         started = time.perf_counter()
-        catalog = open_catalog(job.connector)
         days = context.partition_key_range
         first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
-        if job.inference.batch.enabled if config.batch is None else config.batch:
-            _submit_batch(context, job, first, last, catalog, azure_openai)
-            return
-        if job.execution.mode == "lambda":
-            yield from _run_in_lambda(context, job, config, aws_lambda)
+        batch = job.inference.batch.enabled if config.batch is None else config.batch
+        if job.execution.mode == "lambda" and not batch:
+            yield from _run_in_lambda(context, job, config, aws_lambda)  # the function opens the catalog, not this run
             forget_written_days(job, days_between(first, last))
+            return
+        catalog = open_catalog(job.connector)
+        if batch:
+            _submit_batch(context, job, first, last, catalog, azure_openai)
             return
         provider = build_provider(job, azure_openai)
         context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")

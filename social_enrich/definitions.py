@@ -8,7 +8,7 @@ import dagster as dg
 
 from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import discover_job_configs
-from social_enrich.resources import AwsLambdaResource, AzureOpenAIResource
+from social_enrich.resources import default_resources
 from social_enrich.sensors.batch_sensor import build_batch_sensor
 from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
 
@@ -22,7 +22,7 @@ def build_definitions(job_dirs: list[Path] | None = None) -> dg.Definitions:
             *(build_snapshot_sensor(job, enrichments[job.name]) for job in jobs),
             *(build_batch_sensor(job, enrichments[job.name]) for job in jobs),
         ],
-        resources={"azure_openai": AzureOpenAIResource(), "aws_lambda": AwsLambdaResource()},
+        resources=default_resources(),
     )
 
 

@@ -13,16 +13,19 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
+from pydantic import ValidationError
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import And, EqualTo, In
 
 from social_enrich.config import JobConfig
 from social_enrich.environment import response_cache_path
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
-from social_enrich.inference.response_cache import Checkpoint, ResponseCache, cache_key
+from social_enrich.inference.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaError, days_text, read_days
-from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, open_target, write_days
+from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, json_text_fields, open_target, write_days
 
 PROGRESS_EVERY_SECONDS = 10.0
 CHUNK_POSTS = 10_000  # posts held as Python objects at once
@@ -220,6 +223,35 @@ def result_rows(
     )
 
 
+def answers_in_target(job: JobConfig, catalog: Catalog, first: dt.date, last: dt.date, model: str) -> list[tuple[str, ScoreResult]]:
+    """The answers the target already holds for these days from this model and prompt, keyed as the
+    response cache keys them: where the cache does not last (Lambda's /tmp), a run after a stopped one
+    pays only for the posts that run did not reach."""
+    try:
+        table = catalog.load_table(job.connector.target.identifier)
+    except NoSuchTableError:
+        return []
+    names = list(job.response_model.model_fields)
+    rows = table.scan(
+        row_filter=And(
+            In(PARTITION_DATE, [d.isoformat() for d in days_between(first, last)]),
+            EqualTo("model", model), EqualTo("prompt_version", job.inference.prompt_version), In("status", CACHED_STATUSES),
+        ),
+        selected_fields=(*names, "input_hash", "status", "error"),
+    ).to_arrow()
+    as_json = json_text_fields(job.response_model)
+    found = []
+    for row in rows.to_pylist():
+        answer = {name: json.loads(row[name]) if name in as_json and row[name] is not None else row[name] for name in names}
+        try:
+            response = None if row["status"] == "filtered" else job.response_model.model_validate(answer)
+        except ValidationError:
+            continue  # written by another version of the response model: score again
+        key = cache_key(model, job.inference.prompt_version, job.response_model, row["input_hash"])
+        found.append((key, ScoreResult(row["status"], response, row["error"])))
+    return found
+
+
 def score_partition(
     job: JobConfig,
     provider: Provider,
@@ -291,6 +323,8 @@ def enrich_days(
     log.info("%s: %d posts touched on %s", job.name, report.posts, report.days_text)
     usage_before = replace(provider.usage)
     cache = ResponseCache(response_cache_path()) if provider.caches_responses and job.inference.cache else None
+    if cache is not None:
+        cache.put_many(answers_in_target(job, catalog, first, last, provider.model_id))
     try:
         rows = score_partition(job, provider, posts, report, log, cache, should_stop, chunk_posts)
     finally:

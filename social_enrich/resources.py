@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -26,9 +27,16 @@ class AwsLambdaResource(ConfigurableResource):
     local: bool = Field(
         default=False, description=f"Run the handler in a local child process instead of AWS (also ${LAMBDA_LOCAL_VAR}=1)."
     )
-    timeout_seconds: float = Field(default=900.0, gt=0, description="The local function's timeout (Lambda's most: 900).")
+    timeout_seconds: float = Field(default=900.0, gt=0, le=900, description="The function's timeout (Lambda's most: 900).")
 
     def client(self) -> Any:
         if self.local or os.environ.get(LAMBDA_LOCAL_VAR) == "1":
             return LocalLambdaClient(timeout_seconds=self.timeout_seconds)
-        return boto3.client("lambda")
+        # An invocation lasts up to Lambda's 900 s; boto3's defaults (read timeout 60 s, then retry)
+        # would give up on it and invoke again, paying the model twice.
+        return boto3.client("lambda", config=Config(read_timeout=self.timeout_seconds + 60, retries={"total_max_attempts": 1}))
+
+
+def default_resources() -> dict[str, ConfigurableResource]:
+    """The resources every enrichment asset needs, as the Definitions bind them."""
+    return {"azure_openai": AzureOpenAIResource(), "aws_lambda": AwsLambdaResource()}

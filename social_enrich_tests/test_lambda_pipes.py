@@ -110,6 +110,9 @@ def test_a_warm_function_serves_one_partition_after_another(deployment: Deployme
 
 
 @pytest.mark.parametrize("value", ["", "0"])
-def test_without_local_the_resource_gives_boto3s_client(value: str, monkeypatch):
+def test_without_local_the_resource_gives_boto3s_client_that_waits_out_the_function(value: str, monkeypatch):
     monkeypatch.setenv("SOCIAL_ENRICH_LAMBDA_LOCAL", value)
-    assert type(AwsLambdaResource().client()).__name__ == "Lambda"
+    client = AwsLambdaResource().client()
+    assert type(client).__name__ == "Lambda"
+    # A 900 s invocation must not be cut at boto3's 60 s read timeout and invoked a second time.
+    assert client.meta.config.read_timeout == 960 and client.meta.config.retries["total_max_attempts"] == 1

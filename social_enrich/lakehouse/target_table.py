@@ -80,6 +80,12 @@ def response_fields(model: type[BaseModel]) -> list[tuple[str, IcebergType]]:
     return fields
 
 
+def json_text_fields(model: type[BaseModel]) -> set[str]:
+    """The response fields response_fields stores as JSON text."""
+    properties = model.model_json_schema().get("properties", {})
+    return {name for name, spec in properties.items() if "enum" not in spec and spec.get("type") not in _JSON_TYPES}
+
+
 def target_schema(job: JobConfig, index_type: IcebergType) -> Schema:
     index = job.connector.target.index_field
     columns = [*response_fields(job.response_model), *bookkeeping_fields(job)]
