@@ -6,7 +6,7 @@ Builds the bundle (deploy/lambda/build_bundle.py) unless --bundle names one, the
 - its size unzipped (against Lambda's 250 MB) and zipped;
 - the import of social_enrich.lambda_handler in a fresh interpreter that sees only the standard
   library and the bundle (`python -I -S`), as on Lambda: wall time of the import per run, the whole
-  process, and the heaviest imports by `python -X importtime`.
+  process, and the packages whose modules take longest to import (`python -X importtime`).
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ def isolated(code: str, *flags: str) -> subprocess.CompletedProcess:
 
 
 def heaviest_imports(stderr: str, count: int = 8) -> list[tuple[float, str]]:
-    """Top-level packages by cumulative import time, from -X importtime's report."""
+    """Packages by the import time spent in their own modules (-X importtime's "self" column, summed)."""
     totals: dict[str, float] = {}
     for line in stderr.splitlines():
         if not line.startswith("import time:") or line.count("|") != 2:
             continue
-        _, cumulative, name = line.removeprefix("import time:").split("|")
-        if cumulative.strip().isdigit() and not name[1:].startswith(" "):  # nested imports are indented
-            totals[name.strip()] = int(cumulative) / 1e6
+        own, _, name = line.removeprefix("import time:").split("|")
+        if own.strip().isdigit():
+            package = name.strip().split(".")[0]
+            totals[package] = totals.get(package, 0.0) + int(own) / 1e6
     return sorted(((seconds, name) for name, seconds in totals.items()), reverse=True)[:count]
 
 
