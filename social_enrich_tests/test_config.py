@@ -109,3 +109,13 @@ def test_two_jobs_of_one_folder_may_not_share_a_name(tmp_path):
         path.write_text("name: same\n" + path.read_text())
     with pytest.raises(JobConfigError, match="job name 'same' is already used"):
         discover_job_configs([tmp_path])
+
+
+@pytest.mark.parametrize("catalog", ["glue", "rest"])
+def test_the_deploy_jobs_differ_from_the_builtin_only_in_their_catalog(catalog):
+    """deploy/jobs/<catalog>/sentiment.yaml replaces the built-in job: everything but the catalog stays the same."""
+    deploy = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "jobs" / catalog / "sentiment.yaml").read_text())
+    builtin = yaml.safe_load(BUILTIN.read_text())
+    for raw in (deploy, builtin):
+        del raw["description"], raw["connector"]["catalog"], raw["connector"]["warehouse"]
+    assert deploy == builtin
