@@ -77,6 +77,20 @@ def test_a_second_materialization_asks_the_model_nothing(emulator: AzureOpenAIEm
     assert comparable(read_target(catalog)) == comparable(rows)
 
 
+def test_a_lost_cache_is_refilled_from_the_target(emulator: AzureOpenAIEmulator, seeded, catalog: Catalog, instance):
+    first = materialization_metadata(materialize_day(instance, DAY.isoformat()))
+    rows = read_target(catalog)
+    requests = emulator.stats["requests"]
+    for path in response_cache_path().parent.glob(response_cache_path().name + "*"):
+        path.unlink()  # fresh compute: Lambda after a cold start, a container without its volume
+
+    second = materialization_metadata(materialize_day(instance, DAY.isoformat()))
+
+    assert emulator.stats["requests"] == requests and second["llm/requests"] == 0
+    assert second["posts_from_cache"] == first["posts_scored"] + first["posts_filtered"]
+    assert comparable(read_target(catalog)) == comparable(rows)
+
+
 def test_a_changed_post_is_scored_again_alone(emulator: AzureOpenAIEmulator, seeded, catalog: Catalog, instance):
     materialize_day(instance, DAY.isoformat())
     key = read_target(catalog).filter(pa.compute.equal(read_target(catalog)["status"], "ok"))["post_key"][0].as_py()
