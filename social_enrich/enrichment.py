@@ -322,9 +322,10 @@ def enrich_days(
     )
     log.info("%s: %d posts touched on %s", job.name, report.posts, report.days_text)
     usage_before = replace(provider.usage)
-    cache = ResponseCache(response_cache_path()) if provider.caches_responses and job.inference.cache else None
-    if cache is not None:
-        cache.put_many(answers_in_target(job, catalog, first, last, provider.model_id))
+    cache = None
+    if provider.caches_responses and job.inference.cache:
+        # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
+        cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id))
     try:
         rows = score_partition(job, provider, posts, report, log, cache, should_stop, chunk_posts)
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,9 +39,13 @@ def cache_key(model: str, prompt_version: str, response_model: type[BaseModel], 
 
 
 class ResponseCache:
-    def __init__(self, path: Path) -> None:
+    """``fill_on_miss``: answers kept elsewhere (the target table), loaded into the cache once, the
+    first time a lookup misses: a warm cache never pays for reading them."""
+
+    def __init__(self, path: Path, fill_on_miss: Callable[[], Iterable[tuple[str, ScoreResult]]] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._fill_on_miss = fill_on_miss
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed chunk
@@ -61,6 +65,14 @@ class ResponseCache:
         self.close()
 
     def get_many(self, keys: list[str], response_model: type[BaseModel]) -> dict[str, ScoreResult]:
+        found = self._get_many(keys, response_model)
+        if len(found) < len(keys) and self._fill_on_miss is not None:
+            fill, self._fill_on_miss = self._fill_on_miss, None  # once
+            self.put_many(fill())
+            found |= self._get_many([key for key in keys if key not in found], response_model)
+        return found
+
+    def _get_many(self, keys: list[str], response_model: type[BaseModel]) -> dict[str, ScoreResult]:
         found: dict[str, ScoreResult] = {}
         for start in range(0, len(keys), _QUERY_CHUNK):
             chunk = keys[start : start + _QUERY_CHUNK]
