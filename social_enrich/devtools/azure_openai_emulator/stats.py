@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .replies import Reply
@@ -33,6 +33,21 @@ class BatchLineCounts:
         self.completion_tokens += reply.completion_tokens
         self.posts += reply.posts
 
+    def merge(self, other: BatchLineCounts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+# Snapshot key of each BatchLineCounts total.
+_BATCH_LINE_KEYS = {
+    "answered": "batch_lines_answered",
+    "error_lines": "batch_error_lines",
+    "unanswered": "batch_lines_unanswered",
+    "prompt_tokens": "batch_prompt_tokens",
+    "completion_tokens": "batch_completion_tokens",
+    "posts": "batch_posts_answered",
+}
+
 
 class Stats:
     """Thread-safe counters.  Snapshot keys:
@@ -45,8 +60,7 @@ class Stats:
     * ``in_flight``: chat requests received and not yet answered; ``max_in_flight``: the most at once;
     * ``started_at`` (Unix time) and ``uptime_seconds``: since the emulator was created or the stats reset.
 
-    Once the Files or Batches API has been used (an upload or a batch created, ever), also these;
-    before that they are left out, so the snapshot of a chat-only emulator keeps its old keys:
+    For the Files and Batches APIs (zero until they are used):
 
     * ``files_uploaded``: files uploaded through ``POST files`` (batch outputs are not counted);
     * ``batches_created``; ``batches_by_status``: final status (completed, failed, expired,
@@ -81,12 +95,7 @@ class Stats:
         self._files_uploaded = 0
         self._batches_created = 0
         self._batches_by_status: dict[str, int] = {}
-        self._batch_lines_answered = 0
-        self._batch_error_lines = 0
-        self._batch_lines_unanswered = 0
-        self._batch_prompt_tokens = 0
-        self._batch_completion_tokens = 0
-        self._batch_posts_answered = 0
+        self._batch_lines = BatchLineCounts()  # totals over finished batches
         self._started_at = time.time()
         self._started_monotonic = time.monotonic()
 
@@ -122,12 +131,7 @@ class Stats:
         """A batch reached its final ``status``; ``outcome`` counts its output and error lines."""
         with self._lock:
             self._batches_by_status[status] = self._batches_by_status.get(status, 0) + 1
-            self._batch_lines_answered += outcome.answered
-            self._batch_error_lines += outcome.error_lines
-            self._batch_lines_unanswered += outcome.unanswered
-            self._batch_prompt_tokens += outcome.prompt_tokens
-            self._batch_completion_tokens += outcome.completion_tokens
-            self._batch_posts_answered += outcome.posts
+            self._batch_lines.merge(outcome)
 
     @contextmanager
     def in_flight(self) -> Iterator[None]:
@@ -162,11 +166,6 @@ class Stats:
                 files_uploaded=self._files_uploaded,
                 batches_created=self._batches_created,
                 batches_by_status=dict(self._batches_by_status),
-                batch_lines_answered=self._batch_lines_answered,
-                batch_error_lines=self._batch_error_lines,
-                batch_lines_unanswered=self._batch_lines_unanswered,
-                batch_prompt_tokens=self._batch_prompt_tokens,
-                batch_completion_tokens=self._batch_completion_tokens,
-                batch_posts_answered=self._batch_posts_answered,
-                )
+            )
+            snapshot.update({_BATCH_LINE_KEYS[name]: total for name, total in asdict(self._batch_lines).items()})
             return snapshot
