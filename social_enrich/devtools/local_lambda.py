@@ -32,7 +32,6 @@ class LocalContext:
     def __init__(self, function_name: str, timeout_seconds: float) -> None:
         self.function_name = function_name
         self.aws_request_id = str(uuid.uuid4())
-        self.memory_limit_in_mb = 1024
         self._deadline = time.monotonic() + timeout_seconds
 
     def get_remaining_time_in_millis(self) -> int:
