@@ -8,6 +8,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import time
 import warnings
 from collections import Counter
 
@@ -26,6 +27,7 @@ from social_enrich.lakehouse.partition_scan import days_text
 # Dagster's run tags for a partition range (what `dagster asset materialize --partition-range` sets).
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
 
 
 def _instance() -> dg.DagsterInstance:
@@ -55,13 +57,34 @@ def seed(catalog: Catalog, job: JobConfig, posts: int, days: int) -> demo.DemoSu
     return summary
 
 
+def run_tags(first: dt.date, last: dt.date) -> dict[str, str]:
+    """The partition tags the Runs list shows: a single day's own partition tag, else the range."""
+    if first == last:
+        return {PARTITION_TAG: first.isoformat()}
+    return {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}
+
+
+def check_range(job: JobConfig, first: dt.date, last: dt.date) -> None:
+    """Refuse, before any work, days that are not partitions of the job's asset."""
+    keys = dg.DailyPartitionsDefinition(start_date=job.connector.source.start_date.isoformat()).get_partition_keys()
+    if not keys:
+        raise SystemExit(f"job '{job.name}' has no partition yet: its first day is {job.connector.source.start_date}")
+    outside = [d for d in (first, last) if not keys[0] <= d.isoformat() <= keys[-1]]
+    if outside:
+        raise SystemExit(
+            f"{days_text(first, last)} is not within the partitions of {job.asset_name}: they run from {keys[0]} "
+            f"(connector.source.start_date) to {keys[-1]} (yesterday, UTC; today's partition exists once the day is over)"
+        )
+
+
 def materialize_range(
     job_def: dg.JobDefinition, instance: dg.DagsterInstance, job: JobConfig, first: dt.date, last: dt.date, drop: bool = False
 ) -> bool:
-    """One Dagster run of the days first..last (one scan, one commit); prints a line and says if it succeeded."""
+    """One Dagster run of the days first..last (one scan, one commit); prints a line per day and says if it succeeded."""
+    started = time.perf_counter()
     result = job_def.execute_in_process(
         instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()},
+        tags=run_tags(first, last),
         asset_selection=[dg.AssetKey(job.asset_name)],
         run_config={
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
@@ -69,21 +92,24 @@ def materialize_range(
         },
         raise_on_error=False,
     )
-    meta = next(iter(result.asset_materializations_for_node(job.asset_name)), None)
-    if not result.success or meta is None:
-        print(f"  {days_text(first, last)}: run {result.run_id} FAILED; see `dagster dev` or the log above", file=sys.stderr)
+    materializations = result.asset_materializations_for_node(job.asset_name)
+    if not result.success or not materializations:
+        failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+        data = failure.step_failure_data if failure is not None else None
+        cause = data.user_failure_data.description if data and data.user_failure_data else (data.error.message.strip() if data and data.error else "")
+        print(f"  {days_text(first, last)}: run {result.run_id} FAILED: {cause or 'see `dagster dev` or the log above'}", file=sys.stderr)
         return False
-    m = {k: v.value for k, v in meta.metadata.items()}
-    print(
-        f"  {days_text(first, last)}: {m['posts_touched']} posts, {m['posts_scored']} scored, {m['posts_failed']} failed, "
-        f"{m['duration_seconds']:.1f}s (run {result.run_id[:8]})",
-        flush=True,
-    )
+    for event in materializations:
+        m = {k: v.value for k, v in event.metadata.items()}
+        print(f"  {event.partition}: {m['posts_touched']} posts, {m['posts_scored']} scored, {m['posts_failed']} failed", flush=True)
+    print(f"  {days_text(first, last)}: done in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})", flush=True)
     return True
 
 
 def run_demo(posts: int, days: int, job_name: str) -> int:
     job = find_job(job_name)
+    start = job.connector.source.start_date
+    check_range(job, start, start + dt.timedelta(days=days - 1))  # every sample day must be a partition
     catalog = open_catalog(job.connector)
     summary = seed(catalog, job, posts, days)
 
@@ -113,6 +139,7 @@ def run_demo(posts: int, days: int, job_name: str) -> int:
 def run_backfill(job_name: str, first: dt.date, last: dt.date, max_per_run: int | None) -> int:
     """The days first..last in runs of at most max_per_run days (the job's backfill grouping by default)."""
     job = find_job(job_name)
+    check_range(job, first, last)
     size = max_per_run or job.automation.max_partitions_per_run
     ranges = [(day, min(day + dt.timedelta(days=size - 1), last)) for day in days_between(first, last)[::size]]
     print(f"Backfilling {days_text(first, last)} of {job.asset_name} in {len(ranges)} run(s) of up to {size} days", flush=True)

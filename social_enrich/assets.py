@@ -2,13 +2,17 @@
 
 
 import datetime as dt
+import json
 import time
+import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
 from dagster import (
     AssetExecutionContext,
+    AssetMaterialization,
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
@@ -28,7 +32,8 @@ from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig, TableRef
 from social_enrich.batch_enrichment import forget_written_days, submit_days
-from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, days_between, enrich_days, report_summary
+from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
+from social_enrich.errors import SocialEnrichError
 from social_enrich.resources import AwsLambdaResource, AzureOpenAIResource
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.selection import build_provider, provider_kind
@@ -93,9 +98,27 @@ def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
     return list(built.values())
 
 
-def _metadata(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict[str, Any]:
-    summary = report_summary(job, report, seconds, target_rows)
+def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
     return {**summary, "labels": MetadataValue.json(summary["labels"])}
+
+
+def day_materializations(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> Iterator[AssetMaterialization]:
+    """One materialization per day of the run, each with that day's own figures (a run of 30 days
+    reports 30 different sets, so per-partition plots and sums over partitions are right)."""
+    for day in days_between(report.first, report.last):
+        metadata = _metadata(day_summary(job, report, day, seconds, target_rows))
+        yield AssetMaterialization(asset_key=AssetKey(job.asset_name), partition=day.isoformat(), metadata=metadata)
+
+
+@contextmanager
+def one_line_failures(context: AssetExecutionContext, job: JobConfig) -> Iterator[None]:
+    """An error that is the user's to fix fails the run with its message alone; the traceback goes to the debug log."""
+    try:
+        yield
+    except SocialEnrichError as e:
+        context.log.debug("".join(traceback.format_exception(e)))
+        metadata = _metadata(report_summary(job, e.report, 0.0, None)) if isinstance(e, PartitionFailedError) else None
+        raise Failure(description=f"{type(e).__name__}: {e}", metadata=metadata, allow_retries=False) from None
 
 
 def _submit_batch(
@@ -126,6 +149,32 @@ def _run_in_lambda(
     yield from invocation.get_results()  # type: ignore[misc]
 
 
+def _materialize(
+    context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource, aws_lambda: AwsLambdaResource
+) -> Iterator[MaterializeResult | AssetMaterialization]:
+    started = time.perf_counter()
+    days = context.partition_key_range
+    first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
+    batch = job.inference.batch.enabled if config.batch is None else config.batch
+    if job.execution.mode == "lambda" and not batch:
+        yield from _run_in_lambda(context, job, config, aws_lambda)  # the function opens the catalog, not this run
+        forget_written_days(job, days_between(first, last))
+        return
+    catalog = open_catalog(job.connector)
+    if batch:
+        _submit_batch(context, job, first, last, catalog, azure_openai)
+        return
+    provider = build_provider(job, azure_openai)
+    context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
+    # The whole range in one scan and one commit: a backfill run of many days costs one of each.
+    report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log)
+    forget_written_days(job, days_between(first, last))  # batch work queued for these days is obsolete
+    target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
+    seconds = time.perf_counter() - started
+    context.log.info(f"{report.days_text}: run totals {json.dumps(report_summary(job, report, seconds, target_rows), default=str)}")
+    yield from day_materializations(job, report, seconds, target_rows)
+
+
 def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
     partitions = DailyPartitionsDefinition(start_date=job.connector.source.start_date.isoformat())
 
@@ -147,31 +196,7 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
     def _enrich(
         context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource, aws_lambda: AwsLambdaResource
     ) -> Iterator[MaterializeResult]:
-        started = time.perf_counter()
-        days = context.partition_key_range
-        first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
-        batch = job.inference.batch.enabled if config.batch is None else config.batch
-        if job.execution.mode == "lambda" and not batch:
-            yield from _run_in_lambda(context, job, config, aws_lambda)  # the function opens the catalog, not this run
-            forget_written_days(job, days_between(first, last))
-            return
-        catalog = open_catalog(job.connector)
-        if batch:
-            _submit_batch(context, job, first, last, catalog, azure_openai)
-            return
-        provider = build_provider(job, azure_openai)
-        context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
-        try:
-            # The whole range in one scan and one commit: a backfill run of many days costs one of each.
-            report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log)
-        except PartitionFailedError as e:
-            raise Failure(description=str(e), metadata=_metadata(job, e.report, time.perf_counter() - started, None)) from e
-        context.log.info(
-            f"{report.days_text}: {report.posts} posts, {dict(report.statuses)}, labels {dict(report.labels)} "
-            f"in {sum(report.seconds.values()):.1f}s"
-        )
-        forget_written_days(job, days_between(first, last))  # batch work queued for these days is obsolete
-        target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
-        yield MaterializeResult(metadata=_metadata(job, report, time.perf_counter() - started, target_rows))
+        with one_line_failures(context, job):
+            yield from _materialize(context, job, config, azure_openai, aws_lambda)
 
     return _enrich

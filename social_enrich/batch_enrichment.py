@@ -20,7 +20,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig
-from social_enrich.enrichment import Chunk, days_between, fields_to_send, prepare_chunk, result_rows
+from social_enrich.enrichment import check_fields, days_between, prepare_chunk, result_rows
 from social_enrich.environment import batch_store_path, response_cache_path
 from social_enrich.inference.azure_batch import AzureBatchClient, BatchAnswers, new_custom_id, parse_jsonl, read_output_line, request_files, request_line
 from social_enrich.inference.batch_store import OPEN_STATUSES, BatchStore, QueuedPost
@@ -28,7 +28,7 @@ from social_enrich.inference.provider import PostToScore, ScoreResult
 from social_enrich.inference.response_cache import ResponseCache, cache_key
 from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.catalog import load_table
-from social_enrich.lakehouse.partition_scan import read_days
+from social_enrich.lakehouse.partition_scan import joined_columns, read_days
 from social_enrich.lakehouse.target_table import open_target, write_days
 
 CHUNK_POSTS = 10_000
@@ -81,15 +81,16 @@ def _cache_key(job: JobConfig, input_hash: str) -> str:
 def submit_days(
     job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, client: AzureBatchClient, log: logging.Logger
 ) -> SubmitReport:
-    posts = read_days(catalog, job, first, last, log)
-    send = fields_to_send(job, posts.posts.column_names)
+    send = check_fields(job, joined_columns(catalog, job))
+    text = [job.inference.text_field] if job.inference.text_field else []
+    posts = read_days(catalog, job, first, last, log, columns=list(dict.fromkeys([job.index_field, *send, *text])))
     report = SubmitReport(posts=posts.posts.num_rows)
     queued: list[QueuedPost] = []
     cache = ResponseCache(response_cache_path()) if job.inference.cache else None
     try:
         for start in range(0, posts.posts.num_rows, CHUNK_POSTS):
             rows = posts.posts.slice(start, CHUNK_POSTS)
-            chunk = prepare_chunk(job, rows, send, log)
+            chunk = prepare_chunk(job, rows, send)
             sendable = {position: post for position, post in zip(chunk.positions, chunk.to_score)}
             hits = cache.get_many([_cache_key(job, chunk.hashes[p]) for p in sendable], job.response_model) if cache else {}
             days = posts.partition_date.slice(start, CHUNK_POSTS).to_pylist()
@@ -228,10 +229,10 @@ def forget_written_days(job: JobConfig, days: list[dt.date]) -> None:
 def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date) -> DayWritten:
     posts = store.day_posts(job.name, day, job.response_model)
     results = [p.result for p in posts]
-    chunk = Chunk(hashes=[p.input_hash for p in posts], truncated=[p.truncated for p in posts], results=results)  # type: ignore[arg-type]
     keys = pa.array([p.key for p in posts])
     updated = pa.array([p.update_time for p in posts], pa.timestamp("us", tz="UTC"))
-    rows = result_rows(job, pa.array([day] * len(posts), pa.date32()), job.inference.model, keys, updated, chunk, results)  # type: ignore[arg-type]
+    hashes, truncated = [p.input_hash for p in posts], [p.truncated for p in posts]
+    rows = result_rows(job, pa.array([day] * len(posts), pa.date32()), job.inference.model, keys, updated, hashes, truncated, results)  # type: ignore[arg-type]
     index_type = load_table(catalog, job.connector.source.tables[0].identifier).schema().find_field(job.index_field).field_type
     written = write_days(open_target(catalog, job, index_type), job, [day], rows)
     labels = Counter(getattr(r.response, "label", None) for r in results if r is not None and r.response is not None)

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,26 +18,53 @@ from pydantic import ValidationError
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.types import StringType
 
 from social_enrich.config import JobConfig
 from social_enrich.environment import response_cache_path
+from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
+from social_enrich.inference.request_fields import request_rows
 from social_enrich.inference.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
-from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceSchemaError, days_text, read_days
-from social_enrich.lakehouse.target_table import PARTITION_DATE, WriteStats, json_text_fields, open_target, write_days
+from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceColumn, SourceSchemaError, days_text, joined_columns, read_days
+from social_enrich.lakehouse.target_table import (
+    PARTITION_DATE,
+    WriteStats,
+    json_text_fields,
+    open_target,
+    partition_row_counts,
+    write_days,
+)
 
 PROGRESS_EVERY_SECONDS = 10.0
 CHUNK_POSTS = 10_000  # posts held as Python objects at once
+NAMED_POSTS = 5  # posts named in a log line about many
 
 
-class PartitionFailedError(RuntimeError):
+class PartitionFailedError(SocialEnrichError, RuntimeError):
     """Too many posts failed; their rows are written (as failed) before this is raised."""
 
     def __init__(self, message: str, report: EnrichmentReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+@dataclass
+class DayFigures:
+    """What one daily partition of a run got: its own figures, never the whole range's."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0  # answered from the response cache
+    shared: int = 0  # answered by another post of the run with identical fields
+    sent: int = 0  # sent to the model: the day's share of the run's usage
+    truncated: int = 0
+
+    @property
+    def posts(self) -> int:
+        return sum(self.statuses.values())
 
 
 @dataclass
@@ -46,18 +74,42 @@ class EnrichmentReport:
     model: str
     rows_read: dict[str, int]  # per source: rows touched on the day + versions read for those posts
     null_keys: dict[str, int]
-    posts: int = 0  # distinct posts touched on the day (after max_records)
+    posts: int = 0  # distinct posts that live on the days (after max_records)
     versions_collapsed: int = 0
     capped: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    labels: Counter[str] = field(default_factory=Counter)
-    cache_hits: int = 0  # posts answered from the response cache
-    posts_truncated: int = 0
+    touched_later: int = 0  # touched on the days, but living on a later day (touched again there)
+    days: dict[dt.date, DayFigures] = field(default_factory=dict)
+    not_sendable: Counter[str] = field(default_factory=Counter)  # why posts were not sent ("post_text is empty")
+    not_sendable_keys: dict[str, list[Any]] = field(default_factory=dict)  # a few of them per reason, for the log
     usage: Usage = field(default_factory=Usage)
     seconds: dict[str, float] = field(default_factory=dict)  # scan / score / write
     write: WriteStats | None = None
+    partition_rows: dict[dt.date, int] = field(default_factory=dict)  # rows each day's partition holds after the write
     posts_left: int = 0  # not scored: the run was asked to stop (a deadline, SIGTERM) before their chunk
     stopped: str | None = None  # why, when posts_left
+
+    def day(self, day: dt.date) -> DayFigures:
+        return self.days.setdefault(day, DayFigures())
+
+    def _total(self, name: str) -> Any:
+        values = [getattr(d, name) for d in self.days.values()]
+        return sum(values, Counter()) if name in ("statuses", "labels") else sum(values)
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return self._total("statuses")
+
+    @property
+    def labels(self) -> Counter[str]:
+        return self._total("labels")
+
+    @property
+    def cache_hits(self) -> int:
+        return self._total("cache_hits")
+
+    @property
+    def posts_truncated(self) -> int:
+        return self._total("truncated")
 
     @property
     def complete(self) -> bool:
@@ -71,16 +123,30 @@ class EnrichmentReport:
     def failed_share(self) -> float:
         return self.statuses["failed"] / self.posts if self.posts else 0.0
 
+    def usage_share(self, day: dt.date) -> Usage:
+        """The run's usage shared out by the posts each day sent to the model."""
+        sent = self._total("sent")
+        share = self.days[day].sent / sent if sent and day in self.days else 0.0
+        return Usage(**{name: round(value * share) for name, value in asdict(self.usage).items()})
 
-def fields_to_send(job: JobConfig, columns: list[str]) -> list[str]:
-    """The fields sent to the model, after checking that every configured field is in the joined sources."""
+
+def check_fields(job: JobConfig, columns: dict[str, SourceColumn]) -> list[str]:
+    """The fields sent to the model, after checking every configured field against the joined sources'
+    schema, names and types, before any post is read."""
     inference = job.inference
+    where = job.path or f"job '{job.name}'"
     named = {"text_field": [inference.text_field] if inference.text_field else [], "include_fields": inference.include_fields or []}
     for setting, fields in named.items():
         missing = [f for f in fields if f not in columns]
         if missing:
-            raise SourceSchemaError(f"{job.path}: inference.{setting} {missing} not in any source table; they have {columns}")
-    chosen = inference.include_fields if inference.include_fields is not None else columns
+            raise SourceSchemaError(f"{where}: inference.{setting} {missing} not in any source table; they have {list(columns)}")
+    text = inference.text_field
+    if text and not isinstance(columns[text].type, StringType):
+        raise SourceSchemaError(
+            f"{where}: inference.text_field '{text}' is a {columns[text].type} column of {columns[text].table}, "
+            "not a string: name the column that holds the post's text"
+        )
+    chosen = inference.include_fields if inference.include_fields is not None else list(columns)
     return [c for c in chosen if c not in set(inference.exclude_fields)]
 
 
@@ -91,22 +157,44 @@ def input_hash(fields: dict[str, Any]) -> str:
 
 
 class _ProgressLog:
-    """Logs posts done / total, rate and ETA at most every PROGRESS_EVERY_SECONDS."""
+    """Logs posts scored, failed and from the cache, with rate and ETA, at least every
+    PROGRESS_EVERY_SECONDS: from a timer thread too, so a line comes while requests hang."""
 
     def __init__(self, log: logging.Logger, total: int) -> None:
-        self.log, self.total, self.done = log, total, 0
-        self.started = self.last = time.monotonic()
+        self.log, self.total = log, total
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="social_enrich-progress", daemon=True)
 
-    def __call__(self, finished: int) -> None:
-        if not finished:
-            return
-        self.done += finished
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_SECONDS or self.done == self.total:
-            rate = self.done / max(now - self.started, 1e-9)
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            self.log.info("scored %d/%d posts (%.0f posts/s, ETA %.0fs)", self.done, self.total, rate, eta)
-            self.last = now
+    def __enter__(self) -> _ProgressLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.counts:
+            self.line()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(PROGRESS_EVERY_SECONDS):
+            self.line()
+
+    def __call__(self, result: ScoreResult, how: str = "scored") -> None:
+        with self._lock:
+            self.counts["from cache" if how == "cached" else "failed" if result.status == "failed" else how] += 1
+
+    def line(self) -> None:
+        with self._lock:
+            counts = dict(self.counts)
+        done = sum(counts.values())
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = done / elapsed
+        eta = f"ETA {(self.total - done) / rate:.0f}s" if rate else "waiting for the first answers"
+        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("scored", "failed", "from cache", "shared"))
+        self.log.info("%d/%d posts done: %s (%.0f posts/s, %s)", done, self.total, parts, rate, eta)
 
 
 def _row_problem(job: JobConfig, value: Any) -> str | None:
@@ -132,15 +220,16 @@ class Chunk:
     results: list[ScoreResult | None]
     to_score: list[PostToScore] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # where each post to score sits in the chunk
+    not_sendable: dict[str, list[Any]] = field(default_factory=dict)  # problem -> keys of the posts it stopped
 
 
-def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging.Logger) -> Chunk:
+def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str]) -> Chunk:
     """Pick the fields to send, cut over-long text, hash it, and fail the posts that cannot be sent."""
     keys = posts[job.index_field].to_pylist()
     text_field = job.inference.text_field
     texts = posts[text_field].to_pylist() if text_field else [None] * len(keys)
     chunk = Chunk(hashes=[], truncated=[], results=[])
-    for key, fields, text in zip(keys, posts.select(send).to_pylist(), texts):
+    for key, fields, text in zip(keys, request_rows(posts.select(send)), texts):
         problem = _row_problem(job, text)
         cut = False
         if problem is None and text is not None:
@@ -150,7 +239,7 @@ def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging
         chunk.hashes.append(input_hash(fields))
         chunk.truncated.append(cut)
         if problem:
-            log.warning("post %s=%r not scored: %s", job.index_field, key, problem)
+            chunk.not_sendable.setdefault(problem, []).append(key)
             chunk.results.append(ScoreResult.failed(problem))
         else:
             chunk.positions.append(len(chunk.results))
@@ -160,34 +249,41 @@ def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str], log: logging
 
 
 def score_chunk(
-    job: JobConfig, provider: Provider, chunk: Chunk, cache: ResponseCache | None, progress: _ProgressLog, report: EnrichmentReport
+    job: JobConfig, provider: Provider, chunk: Chunk, cache: ResponseCache | None, progress: _ProgressLog, days: list[dt.date],
+    report: EnrichmentReport,
 ) -> list[ScoreResult]:
-    """Fill the chunk's results: from the cache where the same input was answered before, else from the model."""
-    progress(len(chunk.results) - len(chunk.to_score))
-    todo = list(range(len(chunk.to_score)))
-    keys: list[str] = []
-    if cache is not None:
-        keys = [
-            cache_key(provider.model_id, job.inference.prompt_version, job.response_model, chunk.hashes[position])
-            for position in chunk.positions
-        ]
-        hits = cache.get_many(keys, job.response_model)
-        for n, key in enumerate(keys):
-            if key in hits:
-                chunk.results[chunk.positions[n]] = hits[key]
-        todo = [n for n, key in enumerate(keys) if key not in hits]
-        report.cache_hits += len(keys) - len(todo)
-        progress(len(keys) - len(todo))
+    """Fill the chunk's results: from the cache where the same input was answered before, else from the
+    model, each distinct input once (posts with identical fields share one answer)."""
+    for result in chunk.results:
+        if result is not None:
+            progress(result)
+    keys = [cache_key(provider.model_id, job.inference.prompt_version, job.response_model, chunk.hashes[p]) for p in chunk.positions]
+    hits = cache.get_many(list(dict.fromkeys(keys)), job.response_model) if cache is not None else {}
+    sharing: dict[str, list[int]] = {}  # each input still to answer -> the positions (in chunk.positions) that sent it
+    for n, key in enumerate(keys):
+        position = chunk.positions[n]
+        if key in hits:
+            chunk.results[position] = hits[key]
+            report.day(days[position]).cache_hits += 1
+            progress(hits[key], "cached")
+        else:
+            sharing.setdefault(key, []).append(n)
+    todo = list(sharing)
+    for key in todo:
+        report.day(days[chunk.positions[sharing[key][0]]]).sent += 1
+        for n in sharing[key][1:]:
+            report.day(days[chunk.positions[n]]).shared += 1
     checkpoint = Checkpoint(cache, job.inference.checkpoint_posts) if cache is not None else None
 
-    def on_result(n: int, result: ScoreResult) -> None:
-        chunk.results[chunk.positions[todo[n]]] = result
+    def on_result(m: int, result: ScoreResult) -> None:
+        for i, n in enumerate(sharing[todo[m]]):
+            chunk.results[chunk.positions[n]] = result
+            progress(result, "scored" if i == 0 else "shared")
         if checkpoint is not None:
-            checkpoint.add(keys[todo[n]], result)
-        progress(1)
+            checkpoint.add(todo[m], result)
 
     try:
-        provider.score([chunk.to_score[n] for n in todo], on_result=on_result)
+        provider.score([chunk.to_score[sharing[key][0]] for key in todo], on_result=on_result)
     finally:
         if checkpoint is not None:
             checkpoint.flush()  # answers already paid for are kept even if scoring failed
@@ -195,7 +291,8 @@ def score_chunk(
 
 
 def result_rows(
-    job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, chunk: Chunk, results: list[ScoreResult]
+    job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, hashes: list[str], truncated: list[bool],
+    results: list[ScoreResult],
 ) -> pa.Table:
     response_names = list(job.response_model.model_fields)
     columns: dict[str, list[Any]] = {name: [] for name in response_names}
@@ -212,10 +309,10 @@ def result_rows(
             **columns,
             "model": [model] * n,
             "prompt_version": [job.inference.prompt_version] * n,
-            "input_hash": chunk.hashes,
+            "input_hash": hashes,
             "status": [r.status for r in results],
             "error": [r.error for r in results],
-            "input_truncated": chunk.truncated,
+            "input_truncated": truncated,
             "source_update_time": updated,
             PARTITION_DATE: days,
             job.connector.target.datetime_field: pa.array([written_at] * n, pa.timestamp("us", tz="UTC")),
@@ -256,6 +353,7 @@ def score_partition(
     job: JobConfig,
     provider: Provider,
     posts: PartitionPosts,
+    send: list[str],
     report: EnrichmentReport,
     log: logging.Logger,
     cache: ResponseCache | None = None,
@@ -266,26 +364,37 @@ def score_partition(
 
     Before each chunk after the first, ``should_stop`` may give a reason to stop: the posts left are
     counted in the report, not scored, and the rows returned cover the chunks done."""
-    send = fields_to_send(job, posts.posts.column_names)
-    progress = _ProgressLog(log, posts.posts.num_rows)
+    total = posts.posts.num_rows
     counts_labels = "label" in job.response_model.model_fields
     tables = []
-    for start in range(0, max(posts.posts.num_rows, 1), chunk_posts):
-        reason = should_stop() if should_stop is not None and start else None
-        if reason:
-            report.posts_left, report.stopped = posts.posts.num_rows - start, reason
-            log.warning("stopping before post %d of %d: %s", start + 1, posts.posts.num_rows, reason)
-            break
-        rows = posts.posts.slice(start, chunk_posts)
-        chunk = prepare_chunk(job, rows, send, log)
-        results = score_chunk(job, provider, chunk, cache, progress, report)
-        report.statuses.update(r.status for r in results)
-        report.posts_truncated += sum(chunk.truncated)
-        if counts_labels:
-            report.labels.update(r.response.label for r in results if r.response is not None)  # type: ignore[attr-defined]
-        updated = posts.source_update_time.slice(start, chunk_posts)
-        days = posts.partition_date.slice(start, chunk_posts)
-        tables.append(result_rows(job, days, provider.model_id, rows[job.index_field], updated, chunk, results))
+    with _ProgressLog(log, total) as progress:
+        for start in range(0, max(total, 1), chunk_posts):
+            reason = should_stop() if should_stop is not None and start else None
+            if reason:
+                report.posts_left, report.stopped = total - start, reason
+                log.warning("stopping before post %d of %d: %s", start + 1, total, reason)
+                break
+            rows = posts.posts.slice(start, chunk_posts)
+            days = posts.partition_date.slice(start, chunk_posts)
+            day_list = days.to_pylist()
+            chunk = prepare_chunk(job, rows, send)
+            for problem, keys in chunk.not_sendable.items():
+                report.not_sendable[problem] += len(keys)
+                named = report.not_sendable_keys.setdefault(problem, [])
+                named.extend(keys[: NAMED_POSTS - len(named)])
+            results = score_chunk(job, provider, chunk, cache, progress, day_list, report)
+            for day, result, cut in zip(day_list, results, chunk.truncated):
+                figures = report.day(day)
+                figures.statuses[result.status] += 1
+                figures.truncated += cut
+                if counts_labels and result.response is not None:
+                    figures.labels[result.response.label] += 1  # type: ignore[attr-defined]
+            updated = posts.source_update_time.slice(start, chunk_posts)
+            tables.append(result_rows(job, days, provider.model_id, rows[job.index_field], updated, chunk.hashes, chunk.truncated, results))
+    for problem, count in report.not_sendable.items():  # one line per reason, not one per post
+        named = report.not_sendable_keys[problem]
+        log.warning("%d posts not scored: %s (%s=%s%s)", count, problem, job.index_field,
+                    ", ".join(map(repr, named)), ", ..." if count > len(named) else "")
     # A chunk whose column is all null (no errors, say) has it as type null: promote, not fail.
     return pa.concat_tables(tables, promote_options="default")
 
@@ -308,7 +417,10 @@ def enrich_days(
     as they were; ``report.posts_left`` says how many posts a later run still has to score."""
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
-    posts = read_days(catalog, job, first, last, log)
+    # Every configured field is checked against the sources' schema before a post is read.
+    send = check_fields(job, joined_columns(catalog, job))
+    text = [job.inference.text_field] if job.inference.text_field else []
+    posts = read_days(catalog, job, first, last, log, columns=list(dict.fromkeys([job.index_field, *send, *text])))
     scanned = time.perf_counter()
     report = EnrichmentReport(
         first=first,
@@ -319,22 +431,28 @@ def enrich_days(
         posts=posts.posts.num_rows,
         versions_collapsed=sum(st.versions_collapsed for st in posts.sources.values()),
         capped=posts.capped,
+        touched_later=posts.touched_later,
     )
-    log.info("%s: %d posts touched on %s", job.name, report.posts, report.days_text)
+    for day in days_between(first, last):
+        report.day(day)  # a day with no post still gets its (zero) figures
+    log.info("%s: %d posts live on %s", job.name, report.posts, report.days_text)
     usage_before = replace(provider.usage)
     cache = None
     if provider.caches_responses and job.inference.cache:
         # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
         cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id))
     try:
-        rows = score_partition(job, provider, posts, report, log, cache, should_stop, chunk_posts)
+        rows = score_partition(job, provider, posts, send, report, log, cache, should_stop, chunk_posts)
     finally:
         if cache is not None:
             cache.close()
         report.usage = provider.usage - usage_before
     scored = time.perf_counter()
     target = open_target(catalog, job, posts.index_type, drop=drop)
-    report.write = write_days(target, job, days_between(first, last), rows, keep_other_posts=not report.complete)
+    report.write = write_days(target, job, days_between(first, last), rows, may_live_on=posts.version_days)
+    if report.write.kept_good:
+        log.warning("%d posts failed this time but keep their earlier answer to the same input", report.write.kept_good)
+    report.partition_rows = partition_row_counts(target, days_between(first, last))
     report.seconds = {
         "scan": scanned - started,
         "score": scored - scanned,
@@ -357,32 +475,63 @@ def enrich_partition(
     return enrich_days(job, day, day, catalog, provider, drop=drop, log=log)
 
 
+def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any]:
+    labels = dict(sorted(figures.labels.items()))
+    labelled = sum(labels.values())
+    return {
+        "posts_scored": figures.statuses["ok"],
+        "posts_failed": figures.statuses["failed"],
+        "posts_filtered": figures.statuses["filtered"],
+        "posts_from_cache": figures.cache_hits,
+        "posts_shared": figures.shared,
+        "posts_truncated": figures.truncated,
+        "labels": labels,
+        # Numbers, so Dagster plots each label's share per day.
+        **{f"labels/{label}": count for label, count in labels.items()},
+        **{f"label_share/{label}": round(count / labelled, 4) for label, count in labels.items()},
+        **{f"llm/{name}": value for name, value in asdict(usage).items()},
+        "llm/estimated_cost_usd": round(usage.cost_usd(job.inference.price_per_million_tokens), 6),
+    }
+
+
 def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict[str, Any]:
-    """The run's figures as plain JSON values: Dagster metadata, and the Lambda handler's answer."""
+    """The run's figures, over all its days, as plain JSON values: the run log, and the Lambda handler's answer."""
     write = report.write
+    totals = DayFigures(report.statuses, report.labels, report.cache_hits, report._total("shared"), report._total("sent"), report.posts_truncated)
     return {
         "dagster/table_name": job.connector.target.identifier,
-        **({"dagster/row_count": target_rows} if target_rows is not None else {}),
-        "dagster/partition_row_count": write.rows_written if write else 0,
+        **({"table_row_count": target_rows} if target_rows is not None else {}),
+        "dagster/partition_row_count": sum(report.partition_rows.values()),
         "model": report.model,
         "prompt_version": job.inference.prompt_version,
         "days": report.days_text,
         "posts_touched": report.posts,
-        "posts_scored": report.statuses["ok"],
-        "posts_failed": report.statuses["failed"],
-        "posts_filtered": report.statuses["filtered"],
+        **_figures(job, totals, report.usage),
         "posts_skipped": report.capped + sum(report.null_keys.values()),
-        "posts_from_cache": report.cache_hits,
-        "posts_truncated": report.posts_truncated,
         "posts_left": report.posts_left,
+        "posts_on_later_days": report.touched_later,
+        "posts_kept_earlier_answer": write.kept_good if write else 0,
         "versions_collapsed": report.versions_collapsed,
         "moved_from_other_days": write.moved_from_other_days if write else 0,
-        "labels": dict(sorted(report.labels.items())),
         **{f"rows_read/{source}": count for source, count in sorted(report.rows_read.items())},
-        **{f"llm/{name}": value for name, value in asdict(report.usage).items()},
-        "llm/estimated_cost_usd": round(report.usage.cost_usd(job.inference.price_per_million_tokens), 6),
         **{f"seconds/{p}": round(report.seconds.get(p, 0.0), 3) for p in ("scan", "score", "write")},
         "duration_seconds": round(seconds, 3),
+    }
+
+
+def day_summary(job: JobConfig, report: EnrichmentReport, day: dt.date, seconds: float, target_rows: int | None) -> dict[str, Any]:
+    """One day's own figures: what its materialization reports (rows, statuses, labels, its share of the
+    cost). Figures of the run as a whole (rows read, time, moves) come with it only when the run is that
+    one day; a run of many days logs them once, as its totals."""
+    figures = report.days.get(day, DayFigures())
+    rows = report.partition_rows.get(day, 0)
+    run = report_summary(job, report, seconds, target_rows) if report.first == report.last else {"run_days": report.days_text}
+    return {
+        **run,
+        "dagster/row_count": rows,  # the partition's rows; the table's total is table_row_count
+        "dagster/partition_row_count": rows,
+        "posts_touched": figures.posts,
+        **_figures(job, figures, report.usage_share(day)),
     }
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from decimal import Decimal
 
@@ -73,15 +74,22 @@ def test_day_reads_latest_rows_from_every_source_whatever_day_they_were_written(
         result = read_partition(catalog, job, D2, logging.getLogger("test"))
     assert "gold.reactions: 1 rows touched on 2026-11-02 have a null post_key and were skipped" in caplog.text
     rows = {r["post_key"]: r for r in result.posts.to_pylist()}
-    assert sorted(rows) == [1, 2]  # post 3 was not touched on D2
-    assert rows[1]["body"] == "final text"  # text from D1, latest of two versions
-    assert rows[1]["likes"] == 9  # the latest reactions row, written on D3
+    # Post 3 was not touched on D2; post 1 was, but was touched again on D3: it lives there.
+    assert sorted(rows) == [2] and result.touched_later == 1
     assert rows[2]["body"] == "post two"
-    latest = dict(zip(result.posts["post_key"].to_pylist(), result.source_update_time.to_pylist()))
-    assert latest[1] == dt.datetime(2026, 11, 3, 0, 0, tzinfo=UTC)
     reactions = result.sources["gold.reactions"]
     assert reactions.touched_rows == 3 and reactions.null_keys == 1
-    assert reactions.versions_collapsed == 2  # post 1 had three reaction rows
+    assert result.version_days == {D1, D2, D3}  # where the target may hold posts 1 and 2 today
+
+    result = read_partition(catalog, job, D3)
+    rows = {r["post_key"]: r for r in result.posts.to_pylist()}
+    assert sorted(rows) == [1]
+    assert rows[1]["body"] == "final text"  # text from D1, latest of two versions
+    assert rows[1]["likes"] == 9  # the latest reactions row, written on D3
+    latest = dict(zip(result.posts["post_key"].to_pylist(), result.source_update_time.to_pylist()))
+    assert latest[1] == dt.datetime(2026, 11, 3, 0, 0, tzinfo=UTC)
+    assert result.partition_date.to_pylist() == [D3]
+    assert result.sources["gold.reactions"].versions_collapsed == 2  # post 1 had three reaction rows
     assert result.sources["gold.texts"].versions_collapsed == 1
 
 
@@ -94,8 +102,12 @@ def test_a_day_with_no_posts_is_empty(catalog, sentiment_job, reactions_and_text
 def test_max_records_caps_the_posts_and_counts_the_rest(catalog, sentiment_job, reactions_and_texts):
     raw = job_for(sentiment_job, reactions_and_texts, text_field="body").model_dump()
     raw["connector"]["source"]["max_records"] = 1
-    result = read_partition(catalog, JobConfig.model_validate(raw), D2)
-    assert result.posts["post_key"].to_pylist() == [1] and result.capped == 1
+    result = read_partition(catalog, JobConfig.model_validate(raw), D1)
+    assert result.posts["post_key"].to_pylist() == [3] and result.capped == 0  # post 1 lives on D3
+    raw["connector"]["source"]["max_records"] = 1
+    append_rows(catalog.load_table("gold.texts"), [{"post_key": 4, "body": "post four", "updated": dt.datetime(2026, 11, 1, 20, tzinfo=UTC)}])
+    result = read_partition(catalog, JobConfig.model_validate(raw), D1)
+    assert result.posts["post_key"].to_pylist() == [3] and result.capped == 1
 
 
 @pytest.mark.parametrize(
@@ -127,12 +139,13 @@ def test_uuid_and_decimal_keys_with_nested_columns_are_scored_and_moved_between_
         table = create_table(catalog, f"gold.posts_{name}", [("k", key_type), ("body", StringType()), ("tags", tags), ("meta", meta), ("at", TimestamptzType())])
         at = lambda day: dt.datetime.combine(day, dt.time(9), tzinfo=UTC)  # noqa: E731
         append_rows(table, [{"k": k, "body": "I love it", "tags": ["a"], "meta": {"shares": 1}, "at": at(D1)} for k in keys])
-        append_rows(table, [{"k": keys[0], "body": "I hate it now", "tags": [], "meta": {"shares": 2}, "at": at(D2)}])
         raw = job_for(sentiment_job, [{"database": "gold", "table": f"posts_{name}", "datetime_field": "at", "index_field": "k"}],
                       text_field="body", include_fields=None).model_dump()
         raw["connector"]["target"].update(index_field="k", table=f"scores_{name}")
         job = JobConfig.model_validate(raw)
         assert enrich_partition(job, D1, catalog, provider).statuses == {"ok": 2}
+        # A later snapshot touches keys[0] again on D2: enriching D2 moves it there.
+        append_rows(table, [{"k": keys[0], "body": "I hate it now", "tags": [], "meta": {"shares": 2}, "at": at(D2)}])
         report = enrich_partition(job, D2, catalog, provider)
         assert report.write.moved_from_other_days == 1
         rows = {r["k"]: r for r in catalog.load_table(f"enriched.scores_{name}").scan().to_arrow().to_pylist()}
@@ -153,28 +166,42 @@ def test_datetime_field_of_an_unusable_type_is_rejected(catalog, sentiment_job, 
         read_partition(catalog, job_for(sentiment_job, tables), D2)
 
 
-def test_a_post_body_that_is_not_text_is_stored_as_failed(catalog, sentiment_job):
-    """A job whose text_field is numeric: every post fails alone, named by the error, and nothing stops."""
-    table = create_table(catalog, "gold.numbers", [("id", LongType()), ("body", LongType()), ("at", TimestamptzType())])
-    append_rows(table, [{"id": 1, "body": 42, "at": dt.datetime(2026, 11, 2, 9, tzinfo=UTC)}])
-    job = job_for(sentiment_job, [{"database": "gold", "table": "numbers", "datetime_field": "at", "index_field": "id"}],
-                  text_field="body", include_fields=None, max_failed_share=1.0)
-    raw = job.model_dump()
+def test_a_text_field_that_is_not_a_string_column_fails_before_any_post_and_keeps_the_rows(catalog, sentiment_job):
+    """A job whose text_field is numeric fails at the start, naming the column and its type; a target
+    written before by a correct job is left exactly as it was."""
+    table = create_table(catalog, "gold.numbers", [("id", LongType()), ("body", StringType()), ("n", LongType()), ("at", TimestamptzType())])
+    append_rows(table, [{"id": k, "body": "I love it", "n": 42, "at": dt.datetime(2026, 11, 2, 9, tzinfo=UTC)} for k in range(3)])
+    raw = job_for(sentiment_job, [{"database": "gold", "table": "numbers", "datetime_field": "at", "index_field": "id"}],
+                  text_field="body", include_fields=None).model_dump()
     raw["connector"]["target"]["index_field"] = "id"
-    job = JobConfig.model_validate(raw)
-    report = enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment))
-    assert report.statuses == {"failed": 1}
-    (row,) = catalog.load_table("enriched.social_media_sentiment").scan().to_arrow().to_pylist()
-    assert row["id"] == 1 and row["status"] == "failed" and row["error"] == "body is not text (int)"
+    provider = LocalProvider(VaderSentimentModel(), Sentiment)
+    assert enrich_partition(JobConfig.model_validate(raw), D2, catalog, provider).statuses == {"ok": 3}
+    target = catalog.load_table("enriched.social_media_sentiment")
+    before = target.scan().to_arrow()
+
+    raw["inference"]["text_field"] = "n"
+    with pytest.raises(SourceSchemaError, match=r"inference.text_field 'n' is a long column of gold.numbers, not a string"):
+        enrich_partition(JobConfig.model_validate(raw), D2, catalog, provider)
+    target.refresh()
+    assert target.scan().to_arrow().equals(before)
 
 
-def test_progress_is_logged_with_rate_and_eta(catalog, sentiment_job, reactions_and_texts, caplog, monkeypatch):
-    monkeypatch.setattr(enrichment, "PROGRESS_EVERY_SECONDS", 0.0)
-    monkeypatch.setattr(enrichment, "CHUNK_POSTS", 1)  # one post per chunk: progress after each
-    job = job_for(sentiment_job, reactions_and_texts, text_field="body", include_fields=None)
+def test_progress_is_logged_while_the_model_is_slow_and_counts_failures_apart(catalog, sentiment_job, reactions_and_texts, caplog, monkeypatch):
+    """A line at least every PROGRESS_EVERY_SECONDS, also while no answer comes; failed posts are not 'scored'."""
+    monkeypatch.setattr(enrichment, "PROGRESS_EVERY_SECONDS", 0.05)
+    append_rows(catalog.load_table("gold.texts"), [{"post_key": 5, "body": "  ", "updated": dt.datetime(2026, 11, 2, 14, tzinfo=UTC)}])
+
+    class SlowVader(VaderSentimentModel):
+        def score(self, fields, text):
+            time.sleep(0.5)  # a request that hangs: the progress line must not go silent
+            return super().score(fields, text)
+
+    job = job_for(sentiment_job, reactions_and_texts, text_field="body", include_fields=None, max_failed_share=1.0)
     with caplog.at_level(logging.INFO):
-        report = enrich_partition(job, D2, catalog, LocalProvider(VaderSentimentModel(), Sentiment), log=logging.getLogger("t"))
-    assert report.statuses == {"ok": 2}
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scored ")]
-    assert [line.split(" (")[0] for line in lines] == ["scored 1/2 posts", "scored 2/2 posts"]
-    assert all("posts/s, ETA" in line for line in lines)
+        report = enrich_partition(job, D2, catalog, LocalProvider(SlowVader(), Sentiment), log=logging.getLogger("t"))
+    assert report.statuses == {"ok": 1, "failed": 1}
+    lines = [r.getMessage() for r in caplog.records if "posts done:" in r.getMessage()]
+    waiting = [line for line in lines if line.startswith("1/2 posts done: 0 scored, 1 failed")]
+    assert len(waiting) >= 3, lines  # several lines during the half second the one post took
+    assert lines[-1].startswith("2/2 posts done: 1 scored, 1 failed, 0 from cache, 0 shared")
+    assert "1 posts not scored: body is empty (post_key=5)" in caplog.text

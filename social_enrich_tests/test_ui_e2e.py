@@ -31,6 +31,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from social_enrich import demo
+from social_enrich.config import load_job_config
+from social_enrich.environment import BUILTIN_JOBS_DIR
 from social_enrich.lakehouse.catalog import load_table, open_catalog
 
 pytestmark = pytest.mark.ui
@@ -56,6 +59,28 @@ class DagsterDev:
     url: str
     home: Path
     log: Path
+
+
+# --- a sample whose days are the asset's only partitions, whatever the date ---------
+
+
+@pytest.fixture
+def recent_start(monkeypatch: pytest.MonkeyPatch) -> dt.date:
+    """The job starts three days ago (UTC), so the asset has exactly the sample's three days as
+    partitions on any date, and all of them fit on the partitions page without scrolling."""
+    start = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=3)
+    monkeypatch.setenv("SOCIAL_ENRICH_START_DATE", start.isoformat())  # read by sentiment.yaml and by dagster dev
+    return start
+
+
+@pytest.fixture
+def sentiment_job(recent_start: dt.date):
+    return load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+
+
+@pytest.fixture
+def seeded(catalog, recent_start: dt.date) -> demo.DemoSummary:
+    return demo.seed_gold_tables(catalog, posts=600, days=3, start=recent_start)
 
 
 # --- processes ---------------------------------------------------------------------
@@ -259,7 +284,7 @@ def test_materialize_two_days_from_the_ui(browser, dagster_dev: DagsterDev, page
 
     step = Steps(page, dagster_dev, tmp_path)
     asset = sentiment_job.asset_name
-    days = seeded.days[:2]  # the first two of the sample's three days (2026-11-01, 2026-11-02)
+    days = seeded.days[:2]  # the first two of the sample's three days
     keys = [d.isoformat() for d in days]
 
     with step("catalog lists the gold assets and the sentiment asset"):
@@ -272,6 +297,7 @@ def test_materialize_two_days_from_the_ui(browser, dagster_dev: DagsterDev, page
         page.get_by_role("tab", name="Partitions").click()
         # Every day from the start date to yesterday; each is an item of the list, titled with its key.
         every_day = _partition_keys(sentiment_job)
+        assert every_day == [d.isoformat() for d in seeded.days], every_day
         expect(page.get_by_text(f"{len(every_day)} Partitions Selected")).to_be_visible(timeout=UI_TIMEOUT_MS)
         for key in keys:
             expect(page.locator(f'[title="{key}"]').first).to_be_visible(timeout=UI_TIMEOUT_MS)

@@ -65,6 +65,7 @@ class ResponseCache:
         self.close()
 
     def get_many(self, keys: list[str], response_model: type[BaseModel]) -> dict[str, ScoreResult]:
+        keys = list(dict.fromkeys(keys))  # a key asked twice is one answer: duplicates are no miss
         found = self._get_many(keys, response_model)
         if len(found) < len(keys) and self._fill_on_miss is not None:
             fill, self._fill_on_miss = self._fill_on_miss, None  # once

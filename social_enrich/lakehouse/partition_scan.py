@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ from pyiceberg.types import (
 )
 
 from social_enrich.config import JobConfig, TableRef
+from social_enrich.errors import SocialEnrichError
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich.lakehouse.keys import plain, plain_type
 
@@ -35,9 +37,10 @@ NAIVE_TIMESTAMPS = (TimestampType, TimestampNanoType)
 AWARE_TIMESTAMPS = (TimestamptzType, TimestamptzNanoType)
 DATETIME_TYPES = (DateType, StringType, *NAIVE_TIMESTAMPS, *AWARE_TIMESTAMPS)
 PARTITION_DAY = "__partition_day"
+UPDATED = "__updated"
 
 
-class SourceSchemaError(ValueError):
+class SourceSchemaError(SocialEnrichError, ValueError):
     """A source table does not have what the job config says it has."""
 
 
@@ -55,10 +58,12 @@ class PartitionPosts:
 
     posts: pa.Table
     source_update_time: pa.Array  # timestamp[us, UTC], the latest datetime over all sources
-    partition_date: pa.Array  # date32: the last day of the range that touched the post, its partition
+    partition_date: pa.Array  # date32: the day of the post's latest touch in any source, its partition
     index_type: IcebergType  # the index field's Iceberg type, shared by every source
     sources: dict[str, SourceStats] = field(default_factory=dict)
     capped: int = 0  # touched posts left for a later run by max_records
+    touched_later: int = 0  # touched in the range but last touched after it: they live on that later day
+    version_days: frozenset[dt.date] = frozenset()  # every day a version of these posts was written on
 
 
 def day_window(name: str, iceberg_type: IcebergType, first: dt.date, last: dt.date | None = None) -> BooleanExpression:
@@ -136,11 +141,8 @@ def _latest_per_key(rows: pa.Table, key: str, updated: str) -> pa.Table:
     return rows.filter(pa.concat_arrays([pa.array([True]), first_of_group.fill_null(True)]))
 
 
-def _touched_keys(
-    table: Table, ref: TableRef, key: str, first: dt.date, last: dt.date, stats: SourceStats, log: logging.Logger
-) -> pa.Table:
-    """The index values of the rows whose datetime falls in [first, last], each with the last day that
-    touched it; null keys are counted and named."""
+def _touched_keys(table: Table, ref: TableRef, key: str, first: dt.date, last: dt.date, stats: SourceStats, log: logging.Logger) -> pa.Array:
+    """The distinct index values of the rows whose datetime falls in [first, last]; null keys are counted and named."""
     window = day_window(ref.datetime_field, table.schema().find_field(ref.datetime_field).field_type, first, last)
     rows = table.scan(row_filter=window, selected_fields=(key, ref.datetime_field)).to_arrow()
     column = plain(rows[key])
@@ -152,93 +154,154 @@ def _touched_keys(
             "%s: %d rows touched on %s have a null %s and were skipped (their %s: %s)",
             ref.identifier, column.null_count, days_text(first, last), key, ref.datetime_field, ", ".join(map(str, when)),
         )
-    days = to_utc_timestamps(rows[ref.datetime_field], f"{ref.identifier}.{ref.datetime_field}").cast(pa.date32())
-    return pa.table({key: column, PARTITION_DAY: days}).filter(pc.is_valid(column))
+    return pc.unique(column.drop_null())
 
 
-def _last_day_per_key(touched: pa.Table, key: str) -> pa.Table:
-    """One row per key with the latest day that touched it, sorted by day then key."""
-    grouped = touched.group_by(key).aggregate([(PARTITION_DAY, "max")]).rename_columns([key, PARTITION_DAY])
-    return grouped.sort_by([(PARTITION_DAY, "ascending"), (key, "ascending")])
+def _versions(table: Table, key: str, keys: pa.Array, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Every version of the given posts, only ``columns``, batch by batch: files are pruned by the key
+    range, the exact match runs in pyarrow on each batch, so only the matching rows are ever kept."""
+    key_range = _key_range(keys, key)
+    scan = table.scan(row_filter=key_range, selected_fields=tuple(columns)) if key_range is not None else table.scan(selected_fields=tuple(columns))
+    reader = scan.to_arrow_batch_reader()
+    position = reader.schema.get_field_index(key)
+    for batch in reader:
+        batch = batch.set_column(position, key, plain(batch[key]))
+        yield batch.filter(pc.is_in(batch[key], value_set=keys))
 
 
-def _cap_per_day(touched: pa.Table, cap: int, log: logging.Logger) -> tuple[pa.Table, int]:
+def _latest_touch(table: Table, ref: TableRef, key: str, keys: pa.Array, stats: SourceStats) -> tuple[pa.Table, set[dt.date]]:
+    """Each post's latest datetime in this source (as ``__updated``), and every day one of its versions was written on."""
+    where = f"{ref.identifier}.{ref.datetime_field}"
+    parts, days = [], set()
+    for batch in _versions(table, key, keys, [key, ref.datetime_field]):
+        times = to_utc_timestamps(batch[ref.datetime_field], where)
+        days.update(pc.unique(times.cast(pa.date32())).drop_null().to_pylist())
+        parts.append(pa.table({key: batch[key], UPDATED: times}))
+    rows = pa.concat_tables(parts) if parts else pa.table({key: pa.array([], keys.type), UPDATED: pa.array([], UTC_MICROS)})
+    stats.version_rows = rows.num_rows
+    latest = rows.group_by(key).aggregate([(UPDATED, "max")]).rename_columns([key, UPDATED])
+    stats.versions_collapsed = rows.num_rows - latest.num_rows
+    return latest, days
+
+
+def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, columns: list[str]) -> pa.Table:
+    """The given posts' latest row in this source, only ``columns``, whatever day it was written."""
+    where = f"{ref.identifier}.{ref.datetime_field}"
+    wanted = list(dict.fromkeys([key, ref.datetime_field, *columns]))
+    parts = [batch.append_column(UPDATED, to_utc_timestamps(batch[ref.datetime_field], where)) for batch in _versions(table, key, keys, wanted)]
+    if parts:
+        rows = pa.Table.from_batches(parts)
+    else:
+        schema = table.schema().select(*wanted).as_arrow()
+        schema = schema.set(schema.get_field_index(key), pa.field(key, plain_type(schema.field(key).type)))
+        rows = schema.append(pa.field(UPDATED, UTC_MICROS)).empty_table()
+    return _latest_per_key(rows, key, UPDATED).select([c for c in wanted if c != ref.datetime_field or c in columns])
+
+
+def _cap_per_day(posts: pa.Table, cap: int, log: logging.Logger) -> tuple[pa.Table, int]:
     """At most ``cap`` posts per day (the lowest keys); the rest are left for a later run."""
     kept, capped = [], 0
-    for day in pc.unique(touched[PARTITION_DAY]).to_pylist():
-        rows = touched.filter(pc.equal(touched[PARTITION_DAY], day))
+    for day in pc.unique(posts[PARTITION_DAY]).to_pylist():
+        rows = posts.filter(pc.equal(posts[PARTITION_DAY], day))
         if rows.num_rows > cap:
             capped += rows.num_rows - cap
             log.info("max_records=%d: scoring %d of %d posts touched on %s; %d left for a later run",
                      cap, cap, rows.num_rows, day, rows.num_rows - cap)
         kept.append(rows.slice(0, cap))
-    return (pa.concat_tables(kept) if kept else touched), capped
+    return (pa.concat_tables(kept) if kept else posts), capped
 
 
-def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, updated: str, stats: SourceStats) -> pa.Table:
-    """Every version of the given posts, reduced to each post's latest, with its time as ``updated``."""
-    key_range = _key_range(keys, key)
-    scan = table.scan(row_filter=key_range) if key_range is not None else table.scan()
-    reader = scan.to_arrow_batch_reader()
-    position = reader.schema.get_field_index(key)
-    matches = []
-    for batch in reader:
-        batch = batch.set_column(position, key, plain(batch[key]))
-        matches.append(batch.filter(pc.is_in(batch[key], value_set=keys)))
-    schema = reader.schema.set(position, pa.field(key, plain_type(reader.schema.field(key).type)))
-    rows = pa.Table.from_batches(matches, schema=schema)
-    stats.version_rows = rows.num_rows
-    times = to_utc_timestamps(rows[ref.datetime_field], f"{ref.identifier}.{ref.datetime_field}")
-    latest = _latest_per_key(rows.append_column(updated, times), key, updated)
-    stats.versions_collapsed = rows.num_rows - latest.num_rows
-    return latest
+@dataclass(frozen=True)
+class SourceColumn:
+    table: str  # the source table that provides it (the first that has a column of this name)
+    type: IcebergType
 
 
-def read_days(catalog: Catalog, job: JobConfig, first: dt.date, last: dt.date, log: logging.Logger | None = None) -> PartitionPosts:
-    """The posts touched on the days first..last (one scan per source for the whole range), each
-    assigned to the last of those days that touched it."""
-    log = log or logging.getLogger(__name__)
+def joined_columns(catalog: Catalog, job: JobConfig) -> dict[str, SourceColumn]:
+    """The columns of the joined sources, in order, without reading any data: what a configured field can name."""
+    columns: dict[str, SourceColumn] = {}
+    for table, ref in zip(_source_tables(catalog, job), job.connector.source.tables):
+        for f in table.schema().fields:
+            columns.setdefault(f.name, SourceColumn(ref.identifier, f.field_type))
+    return columns
+
+
+def _source_tables(catalog: Catalog, job: JobConfig) -> list[Table]:
     refs = job.connector.source.tables
-    key = job.index_field
     tables = [load_table(catalog, ref.identifier) for ref in refs]
     for position, (table, ref) in enumerate(zip(tables, refs)):
         _check_source(table, ref, position)
-    key_types = {ref.identifier: t.schema().find_field(key).field_type for t, ref in zip(tables, refs)}
+    key_types = {ref.identifier: t.schema().find_field(job.index_field).field_type for t, ref in zip(tables, refs)}
     if len({str(v) for v in key_types.values()}) > 1:
-        raise SourceSchemaError(f"index field '{key}' has different types across sources: {key_types}")
+        raise SourceSchemaError(f"index field '{job.index_field}' has different types across sources: {key_types}")
+    return tables
+
+
+def read_days(
+    catalog: Catalog, job: JobConfig, first: dt.date, last: dt.date, log: logging.Logger | None = None, columns: list[str] | None = None
+) -> PartitionPosts:
+    """The posts that live on the days first..last: touched on one of them in some source, and touched
+    last (latest datetime across every source) on one of them. A post touched again later lives on
+    that later day and is left for it, whichever day is run first: the partition of a post never
+    depends on the order in which days are materialized.
+
+    Only ``columns`` (default: every column) of each post's latest row are read, batch by batch, so
+    memory holds the chosen fields of the posts, never every column of every version."""
+    log = log or logging.getLogger(__name__)
+    refs = job.connector.source.tables
+    key = job.index_field
+    tables = _source_tables(catalog, job)
+    index_type = tables[0].schema().find_field(key).field_type
     stats = {ref.identifier: SourceStats() for ref in refs}
 
-    # 1. The posts touched in the range in any source, each with its partition: the last day touching it.
-    touched = pa.concat_tables(
-        [_touched_keys(t, ref, key, first, last, stats[ref.identifier], log) for t, ref in zip(tables, refs)],
-        promote_options="permissive",
-    )
-    touched = _last_day_per_key(touched, key)
-    capped = 0
-    cap = job.connector.source.max_records
-    if cap is not None:
-        touched, capped = _cap_per_day(touched, cap, log)
-    keys = touched[key].combine_chunks()
+    # 1. The posts touched in the range in any source (index and datetime columns only).
+    touched = _distinct([_touched_keys(t, ref, key, first, last, stats[ref.identifier], log) for t, ref in zip(tables, refs)])
 
-    # 2. Each touched post's latest row in every source, whatever day it was written, joined on the index.
-    posts = pa.table({key: keys})
-    updated_columns = []
+    # 2. Each post's latest touch in any source: its partition. Posts whose latest touch is after the range
+    #    live on that later day; the days of all their versions say where the target may hold them now.
+    latest_per_source, version_days = [], set()
     for table, ref in zip(tables, refs):
-        updated = "__updated"
-        latest = _latest_rows(table, ref, key, keys, updated, stats[ref.identifier])
-        # Align to the touched keys; a post missing from this source gets nulls.
-        aligned = latest.take(pc.index_in(keys, value_set=latest[key]))
-        updated_columns.append(aligned[updated].combine_chunks())
-        for name in aligned.column_names:
-            if name not in posts.column_names and name != updated:  # the first source with a column wins
-                posts = posts.append_column(name, aligned[name])
-
+        latest, days = _latest_touch(table, ref, key, touched, stats[ref.identifier])
+        latest_per_source.append(latest)
+        version_days |= days
+    posts = pa.table({key: touched})
+    for latest in latest_per_source:
+        aligned = latest.take(pc.index_in(touched, value_set=latest[key]))[UPDATED]
+        posts = posts.append_column(f"{UPDATED}{posts.num_columns}", aligned)
     # max_element_wise has no timestamp kernel: compare the underlying microseconds.
-    micros = [c.cast(pa.int64()) for c in updated_columns]
-    latest_update = pc.max_element_wise(*micros, skip_nulls=True).cast(UTC_MICROS)
-    index_type = next(iter(key_types.values()))
-    partition_date = touched[PARTITION_DAY].combine_chunks()
-    return PartitionPosts(posts, latest_update, partition_date, index_type, sources=stats, capped=capped)
+    micros = [posts[c].combine_chunks().cast(pa.int64()) for c in posts.column_names[1:]]
+    updated = pc.max_element_wise(*micros, skip_nulls=True).cast(UTC_MICROS)
+    posts = pa.table({key: touched, UPDATED: updated, PARTITION_DAY: updated.cast(pa.date32())})
+    in_range = pc.and_(pc.greater_equal(posts[PARTITION_DAY], pa.scalar(first, pa.date32())),
+                       pc.less_equal(posts[PARTITION_DAY], pa.scalar(last, pa.date32())))
+    later = posts.num_rows - pc.sum(in_range).as_py() if posts.num_rows else 0
+    posts = posts.filter(in_range).sort_by([(PARTITION_DAY, "ascending"), (key, "ascending")])
+    if later:
+        log.info("%d posts touched on %s were touched again later: they live on their later day", later, days_text(first, last))
+    capped = 0
+    if job.connector.source.max_records is not None:
+        posts, capped = _cap_per_day(posts, job.connector.source.max_records, log)
+    keys = posts[key].combine_chunks()
+
+    # 3. Each post's latest row in every source, only the columns asked for, joined on the index.
+    wanted = None if columns is None else set(columns)
+    joined = pa.table({key: keys})
+    for table, ref in zip(tables, refs):
+        names = [n for n in table.schema().column_names if n not in joined.column_names and (wanted is None or n in wanted)]
+        latest = _latest_rows(table, ref, key, keys, names)
+        # Align to the posts; a post missing from this source gets nulls. The first source with a column wins.
+        aligned = latest.take(pc.index_in(keys, value_set=latest[key]))
+        for name in names:
+            joined = joined.append_column(name, aligned[name])
+    return PartitionPosts(
+        joined, posts[UPDATED].combine_chunks(), posts[PARTITION_DAY].combine_chunks(), index_type,
+        sources=stats, capped=capped, touched_later=later, version_days=frozenset(version_days),
+    )
+
+
+def _distinct(arrays: list[pa.Array]) -> pa.Array:
+    non_empty = [a for a in arrays if len(a)] or arrays[:1]
+    return pc.unique(pa.concat_arrays([a.cast(non_empty[0].type) for a in non_empty]))
 
 
 def read_partition(catalog: Catalog, job: JobConfig, day: dt.date, log: logging.Logger | None = None) -> PartitionPosts:

@@ -1,28 +1,31 @@
 """The enrichment target table: its schema, and a write path whose cost does not grow with the table.
 
-Every row carries ``partition_date``, the daily partition that last wrote it, and the table is
-partitioned by it (then by the job's ``partition_by`` transforms of the write time). Writing days D
-(one day, or a backfill's range):
-1. find which *other* days currently hold the posts being written (one key column read, pyarrow
-   ``is_in``; no Iceberg ``In`` of keys over the whole table);
-2. in one transaction, drop the partitions of D and of those days, and append D's rows plus those
-   days' rows without the moved posts.
-So a post has one row, a re-run replaces rather than adds, and the files rewritten are those of
-the days involved, never the whole table.
+Every row carries ``partition_date``, the day of its post's latest touch in any source, and the
+table is partitioned by it (then by the job's ``partition_by`` transforms of the write time).
+Writing days D (one day, or a backfill's range):
+1. find which *other* days hold the posts being written: only the days their source versions were
+   written on can (one key column read of those days, pyarrow ``is_in``; no Iceberg ``In`` of keys);
+2. in one transaction, drop the partitions of D and of those days, and append the new rows plus
+   those days' rows of every other post.
+So a post has one row, a re-run replaces rather than adds, and the data read and rewritten is that
+of the days involved, never the whole table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
-from pyiceberg.expressions import In, NotIn
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.expressions import BooleanExpression, In, NotIn
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -39,9 +42,11 @@ from pyiceberg.types import (
 )
 
 from social_enrich.config import JobConfig
+from social_enrich.errors import SocialEnrichError
 from social_enrich.lakehouse.keys import plain
 
 PARTITION_DATE = "partition_date"
+GOOD_STATUSES = ("ok", "filtered")  # answers worth keeping; failed ones are tried again
 TRANSFORMS = {"year": YearTransform(), "month": MonthTransform(), "day": DayTransform(), "hour": HourTransform()}
 _JSON_TYPES: dict[str, IcebergType] = {
     "string": StringType(),
@@ -51,7 +56,7 @@ _JSON_TYPES: dict[str, IcebergType] = {
 }
 
 
-class TargetSchemaError(ValueError):
+class TargetSchemaError(SocialEnrichError, ValueError):
     """The target table or the rows for it do not match the job's schema."""
 
 
@@ -136,7 +141,10 @@ def open_target(catalog: Catalog, job: JobConfig, index_type: IcebergType, drop:
     try:
         table = catalog.load_table(target.identifier)
     except NoSuchTableError:
-        return catalog.create_table(target.identifier, schema, partition_spec=target_partition_spec(job, schema))
+        try:
+            return catalog.create_table(target.identifier, schema, partition_spec=target_partition_spec(job, schema))
+        except TableAlreadyExistsError:
+            table = catalog.load_table(target.identifier)  # created meanwhile by a concurrent run: use that one
     problems = _schema_differences(table.schema(), schema)
     if problems:
         raise TargetSchemaError(
@@ -151,6 +159,8 @@ class WriteStats:
     rows_written: int
     moved_from_other_days: int  # posts whose previous row lived in another day's partition
     snapshot_id: int | None
+    kept_good: int = 0  # posts whose new attempt failed, kept with their earlier good answer to the same input
+    commit_attempts: int = 1
 
 
 def conform(rows: pa.Table, table: Table) -> pa.Table:
@@ -172,30 +182,86 @@ def conform(rows: pa.Table, table: Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_days(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, *, keep_other_posts: bool = False) -> WriteStats:
-    """Replace the rows of ``days`` with ``rows`` (each carrying its partition_date) and remove the same
-    posts from any other day, in one commit. ``keep_other_posts``: the rows are a part of the days'
-    posts (a run stopped early), so the days' rows of posts not in ``rows`` stay as they are."""
-    index = job.connector.target.index_field
+COMMIT_ATTEMPTS = 10  # a lost commit race is re-applied on the refreshed table this many times at most
+
+
+def write_days(
+    table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, *, may_live_on: Iterable[dt.date] | None = None
+) -> WriteStats:
+    """Write ``rows`` (each carrying its partition_date, one of ``days``) in one commit: each post's new
+    row replaces its old one, on whichever day that lived; the days' rows of other posts stay.
+
+    ``may_live_on``: the days the posts' old rows can be on (the days their source versions were
+    written, see partition_scan.read_days), so only those partitions are read, not the whole table;
+    None reads the index column of every other day. A commit that loses a race with another writer is
+    re-applied on the refreshed table, so concurrent runs of different days (or the same) all land."""
     rows = conform(rows, table)
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return _write_once(table, job, days, rows, may_live_on, attempt)
+        except CommitFailedException:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.05, 0.2 * attempt))  # let the winner finish, then re-read what it wrote
+            table.refresh()
+    raise AssertionError("unreachable")
+
+
+def _write_once(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, may_live_on: Iterable[dt.date] | None, attempt: int) -> WriteStats:
+    index = job.connector.target.index_field
     keys = plain(rows[index])
-    written = [d.isoformat() for d in days]
-    elsewhere = table.scan(row_filter=NotIn(PARTITION_DATE, written), selected_fields=(index, PARTITION_DATE))
-    held = elsewhere.to_arrow()
-    moved = held.filter(pc.is_in(plain(held[index]), value_set=keys))
-    # The other days that held some of these posts are rewritten without them. Whole day partitions
-    # are replaced, so pyiceberg drops files by partition and never evaluates a key predicate.
-    other_days = [d.isoformat() for d in sorted(set(moved[PARTITION_DATE].to_pylist()))]
-    rewritten = other_days + (written if keep_other_posts else [])
-    if rewritten:
-        old = table.scan(row_filter=In(PARTITION_DATE, rewritten)).to_arrow()
-        rows = pa.concat_tables([rows, old.filter(pc.invert(pc.is_in(plain(old[index]), value_set=keys)))])
+    written = sorted({d.isoformat() for d in days})
+    # 1. Which other days hold some of these posts now: only the index column of the days they may be on.
+    if may_live_on is None:
+        where: BooleanExpression | None = NotIn(PARTITION_DATE, written)
+    else:
+        candidates = sorted({d.isoformat() for d in may_live_on} - set(written))
+        where = In(PARTITION_DATE, candidates) if candidates else None
+    other_days: list[str] = []
+    moved = 0
+    if where is not None:
+        held = table.scan(row_filter=where, selected_fields=(index, PARTITION_DATE)).to_arrow()
+        held = held.filter(pc.is_in(plain(held[index]), value_set=keys))
+        moved = held.num_rows
+        other_days = [d.isoformat() for d in sorted(set(held[PARTITION_DATE].to_pylist()))]
+    # 2. Those days and the written ones are rewritten whole: pyiceberg drops files by partition and
+    #    never evaluates a key predicate. Their rows of other posts stay as they are.
     replaced = written + other_days
+    old = table.scan(row_filter=In(PARTITION_DATE, replaced)).to_arrow()
+    old_is_written = pc.is_in(plain(old[index]), value_set=keys)
+    rows, kept_good = _keep_good_answers(rows, old.filter(old_is_written), index)
+    final = pa.concat_tables([rows, old.filter(pc.invert(old_is_written))])
     with warnings.catch_warnings():
         # Replacing a day that has no rows yet is expected, not worth a warning.
         warnings.filterwarnings("ignore", message="Delete operation did not match any records")
         with table.transaction() as tx:
             tx.delete(In(PARTITION_DATE, replaced))
-            tx.append(rows)
+            tx.append(final)
     snapshot = table.current_snapshot()
-    return WriteStats(len(keys), moved.num_rows, snapshot.snapshot_id if snapshot else None)
+    return WriteStats(len(keys), moved, snapshot.snapshot_id if snapshot else None, kept_good, attempt)
+
+
+def _keep_good_answers(rows: pa.Table, old: pa.Table, index: str) -> tuple[pa.Table, int]:
+    """A post whose new attempt failed keeps its earlier good row for the same input, model and prompt
+    (moved to the new row's day): a failed attempt never replaces a good result."""
+    failed = pc.equal(rows["status"], "failed")
+    if not pc.any(failed).as_py() or old.num_rows == 0:
+        return rows, 0
+    good = old.filter(pc.is_in(old["status"], value_set=pa.array(GOOD_STATUSES)))
+    new = rows.take(pc.index_in(plain(good[index]), value_set=plain(rows[index])))
+    same = pc.and_(pc.and_(pc.equal(new["status"], "failed"), pc.equal(good["input_hash"], new["input_hash"])),
+                   pc.and_(pc.equal(good["model"], new["model"]), pc.equal(good["prompt_version"], new["prompt_version"])))
+    kept, new = good.filter(same), new.filter(same)
+    if kept.num_rows == 0:
+        return rows, 0
+    for name in (PARTITION_DATE, "source_update_time"):  # where and as of when the post lives now
+        kept = kept.set_column(kept.schema.get_field_index(name), name, new[name])
+    rest = rows.filter(pc.invert(pc.is_in(plain(rows[index]), value_set=plain(kept[index]))))
+    return pa.concat_tables([rest, kept]), kept.num_rows
+
+
+def partition_row_counts(table: Table, days: list[dt.date]) -> dict[dt.date, int]:
+    """Rows each of these days' partitions holds (one column of those partitions read)."""
+    held = table.scan(row_filter=In(PARTITION_DATE, [d.isoformat() for d in days]), selected_fields=(PARTITION_DATE,)).to_arrow()
+    counts = {row["values"]: row["counts"] for row in pc.value_counts(held[PARTITION_DATE]).to_pylist()} if held.num_rows else {}
+    return {day: counts.get(day, 0) for day in days}
