@@ -20,7 +20,13 @@ from pyiceberg.catalog import Catalog
 from social_enrich.config import InferenceConfig
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.environment import response_cache_path
-from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, AzureOpenAIConfigError, AzureOpenAIProvider
+from social_enrich.inference.azure_openai import (
+    ANSWER_OVERHEAD_TOKENS,
+    STOP_AFTER_REJECTIONS,
+    AzureOpenAIConfigError,
+    AzureOpenAIProvider,
+    EndpointRejectedError,
+)
 from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.provider import PostToScore
@@ -33,6 +39,7 @@ from social_enrich_tests.emulated_azure import (
     NEGATIVE,
     POSITIVE,
     PROMPT,
+    TARGET,
     append_posts,
     comparable,
     fault,
@@ -164,17 +171,18 @@ def test_server_error_is_retried_then_fails_the_post(emulator: AzureOpenAIEmulat
     assert provider.usage.requests == 3 and provider.usage.retries == 2
 
 
-def test_wrong_key_fails_with_401_without_retrying(emulator: AzureOpenAIEmulator, monkeypatch: pytest.MonkeyPatch):
+def test_wrong_key_is_not_retried_and_raises_even_below_the_stop(emulator: AzureOpenAIEmulator, monkeypatch: pytest.MonkeyPatch):
     wrong = "sk-not-the-right-key-0123456789"
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", wrong)
     provider = provider_for(emulator.endpoint)
+    heard: dict[int, str | None] = {}
 
-    results = provider.score([post(POSITIVE, 1), post(NEGATIVE, 2)])
+    # One request, one 401: fewer than the stop needs, but nothing was answered, so the run raises all the same.
+    with pytest.raises(EndpointRejectedError, match=r"^HTTP 401 .*\$AZURE_OPENAI_API_KEY$") as raised:
+        provider.score([post(POSITIVE, 1), post(NEGATIVE, 2)], on_result=lambda i, r: heard.update({i: r.error}))
 
-    assert [r.status for r in results] == ["failed", "failed"]
-    for result in results:
-        assert "HTTP 401" in result.error
-        assert wrong not in result.error and API_KEY not in result.error
+    assert heard == {0: str(raised.value), 1: str(raised.value)}  # the posts were settled before the raise
+    assert wrong not in str(raised.value) and API_KEY not in str(raised.value)
     assert emulator.stats["by_status"] == {401: 1}
 
 
@@ -220,13 +228,18 @@ def test_workers_bound_the_requests_in_flight(emulator: AzureOpenAIEmulator, api
     assert emulator.stats["in_flight"] == 0
 
 
-def test_connection_refused_fails_every_post_without_raising(api_key: str):
-    provider = provider_for(f"http://127.0.0.1:{closed_port()}", retry={"max_attempts": 2, "max_seconds": 30})
-    results = provider.score([post(POSITIVE, 1), post(NEGATIVE, 2)])
-    assert [r.status for r in results] == ["failed", "failed"]
-    for result in results:
-        assert "connection error x2" in result.error
-        assert API_KEY not in result.error
+def test_connection_refused_is_retried_then_raises(api_key: str):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    provider = provider_for(endpoint, retry={"max_attempts": 2, "max_seconds": 30})
+    heard: dict[int, str | None] = {}
+
+    with pytest.raises(EndpointRejectedError) as raised:
+        provider.score([post(POSITIVE, 1), post(NEGATIVE, 2)], on_result=lambda i, r: heard.update({i: r.error}))
+
+    assert str(raised.value) == f"cannot connect to {endpoint} (connection refused): check the endpoint of the azure_openai resource"
+    assert API_KEY not in str(raised.value)
+    assert provider.usage.requests == 2  # one pack, both attempts: fewer than the stop needs
+    assert all("connection error x2" in error for error in heard.values()) and len(heard) == 2
 
 
 def test_slow_answer_times_out_and_fails_after_its_retries(emulator: AzureOpenAIEmulator, api_key: str):
@@ -397,30 +410,27 @@ def test_materialize_with_faults_ends_like_a_fault_free_run(
     assert comparable(read_target(catalog)) == faulty
 
 
-def test_every_post_failing_fails_the_run_but_stores_the_rows(
+def test_a_wrong_key_fails_the_run_after_a_few_requests_and_writes_nothing(
     emulator: AzureOpenAIEmulator, seeded, catalog: Catalog, instance, monkeypatch: pytest.MonkeyPatch
 ):
     wrong_key = "sk-wrong-key-9d8c7b6a5f4e3d2c1b0a"
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emulator.endpoint)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", wrong_key)
-    expected_keys = touched_keys(catalog, DAY)
+    assert len(touched_keys(catalog, DAY)) > 150  # some ten packs of 20
 
     result = materialize_day(instance, DAY.isoformat(), raise_on_error=False)
 
     assert not result.success
     (failure,) = result.get_step_failure_events()
-    assert "max_failed_share" in failure.step_failure_data.error.message
-    assert failure.step_failure_data.user_failure_data.metadata["posts_failed"].value == len(expected_keys)
-
-    rows = read_target(catalog)
-    assert set(rows["post_key"].to_pylist()) == expected_keys and rows.num_rows == len(expected_keys)
-    assert set(rows["status"].to_pylist()) == {"failed"}
-    sent = [error for error in rows["error"].to_pylist() if "HTTP 401" in error]
-    assert len(sent) > 150
-    assert emulator.stats["by_status"] == {401: -(-len(sent) // 20)}  # one request per pack, never retried
+    error = failure.step_failure_data.error.to_string()
+    assert f"HTTP 401 from {emulator.endpoint} for deployment {DEPLOYMENT}: check the key in $AZURE_OPENAI_API_KEY" in error
+    # The stop, plus what the other workers had in flight: not one request per pack.
+    assert emulator.stats["by_status"] == {401: emulator.stats["requests"]}
+    assert STOP_AFTER_REJECTIONS <= emulator.stats["requests"] <= STOP_AFTER_REJECTIONS + 3
+    assert not catalog.table_exists(TARGET) or read_target(catalog).num_rows == 0
 
     records = instance.all_logs(result.run_id)
-    assert records and any("max_failed_share" in str(record) for record in records)
+    assert records
     for record in records:
         assert wrong_key not in str(record)

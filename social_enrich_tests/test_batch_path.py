@@ -224,3 +224,36 @@ def test_a_day_too_big_for_one_file_goes_in_several_batches(emulator, seeded, ca
     poll(defs, instance, until_days=1)
     keys = read_target(catalog)["post_key"].to_pylist()
     assert len(keys) == len(set(keys)) == read_partition(catalog, sentiment_job, dt.date.fromisoformat(DAYS[0])).posts.num_rows
+
+
+def tick(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.SensorResult:
+    sensor = defs.resolve_sensor_def(SENSOR)
+    return sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources={"azure_openai": AzureOpenAIResource()}))
+
+
+def test_the_poller_skips_when_nothing_is_queued_and_needs_no_azure(instance, tmp_path):
+    # No emulator fixture: no Azure variable is set at all.
+    result = tick(defs_with(tmp_path), instance)
+    assert result.skip_reason.skip_message == "no Batch API work queued for job 'sentiment'"
+    assert result.run_requests == [] and result.asset_events == []
+    assert not batch_store_path().exists()
+
+
+@pytest.mark.parametrize("unset", ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"])
+def test_the_poller_skips_in_one_line_while_azure_is_not_configured(emulator, seeded, instance, tmp_path, monkeypatch, unset):
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    value = emulator.endpoint if unset == "AZURE_OPENAI_ENDPOINT" else API_KEY
+    monkeypatch.delenv(unset)
+
+    result = tick(defs, instance)
+
+    message = result.skip_reason.skip_message
+    assert message.startswith("job 'sentiment' has Batch API work queued, but Azure OpenAI is not configured: ")
+    assert f"${unset}" in message and "\n" not in message and API_KEY not in message
+    assert result.run_requests == [] and result.asset_events == []
+    with BatchStore(batch_store_path()) as store:
+        assert store.open_days("sentiment") == [dt.date.fromisoformat(DAYS[0])]  # nothing lost
+    # Once the setting is back, the next ticks carry on.
+    monkeypatch.setenv(unset, value)
+    assert materialized_days(poll(defs, instance, until_days=1)) == DAYS[:1]

@@ -10,7 +10,7 @@ import uuid
 import boto3
 import pytest
 
-from social_enrich_tests.moto_aws import aws_env, moto_url  # noqa: F401 (fixtures)
+from social_enrich_tests.moto_aws import REGION, aws_env, moto_url  # noqa: F401 (fixtures)
 from social_enrich.inference.credentials import AzureCredentials, CredentialsError, resolve_credentials
 
 KEY = "sk-test-0123456789abcdef-SECRET"
@@ -54,12 +54,13 @@ def test_env_var_wins_over_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "env-key")
     monkeypatch.setenv("OPENAI_SECRET_NAME", "no-such-secret-never-fetched")
     creds = resolve_credentials()
-    assert creds == AzureCredentials(api_key="env-key", endpoint=None, source="environment variable AZURE_OPENAI_API_KEY")
+    assert creds == AzureCredentials(api_key="env-key", endpoint=None, source="environment variable AZURE_OPENAI_API_KEY",
+                                     setting="$AZURE_OPENAI_API_KEY")
 
 
 def test_custom_env_var_and_explicit_environ() -> None:
     creds = resolve_credentials("MY_KEY", environ={"MY_KEY": " k1 \n"})
-    assert (creds.api_key, creds.endpoint, creds.source) == ("k1", None, "environment variable MY_KEY")
+    assert (creds.api_key, creds.endpoint, creds.source, creds.setting) == ("k1", None, "environment variable MY_KEY", "$MY_KEY")
 
 
 def test_secret_used_when_env_var_absent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,6 +70,7 @@ def test_secret_used_when_env_var_absent(monkeypatch: pytest.MonkeyPatch) -> Non
     creds = resolve_credentials()
     assert (creds.api_key, creds.endpoint) == (KEY, ENDPOINT)
     assert creds.source == f"AWS Secrets Manager secret {name!r}"
+    assert creds.setting == f"OPENAI_API_KEY in AWS Secrets Manager secret {name!r}"
 
 
 def test_secret_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,6 +164,24 @@ def test_no_region(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     e = _resolve_error(monkeypatch, "prod/openai")
     assert "AWS_REGION" in str(e)
+
+
+def test_aws_region_alone_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _create_secret(string=json.dumps({"OPENAI_API_KEY": KEY}))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", REGION)  # as the no-region error tells the user to
+    monkeypatch.setenv("OPENAI_SECRET_NAME", name)
+    assert resolve_credentials().api_key == KEY
+
+
+def test_aws_region_wins_over_aws_default_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The secret exists only in eu-west-1: found only if $AWS_REGION is the one used, as in the AWS SDKs.
+    name = f"prod/openai-{uuid.uuid4().hex[:8]}"
+    boto3.client("secretsmanager", region_name="eu-west-1").create_secret(Name=name, SecretString=json.dumps({"OPENAI_API_KEY": KEY}))
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("OPENAI_SECRET_NAME", name)
+    assert resolve_credentials().api_key == KEY
 
 
 def test_no_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,10 @@ against the time only). The SDK's own retries are off: they would be invisible
 to the pacer, the concurrency limit and the cost figures. Within an answer, a post whose item is
 missing or invalid is asked again alone; an answer that cannot be read at all, or a pack that the
 content filter stopped, is split in halves until the culprit is alone.
+
+An endpoint that rejects the run itself (wrong key, unknown deployment, nothing listening) would
+fail every request the same way; after a few such answers ``score`` stops and raises
+:class:`EndpointRejectedError` with the cause and the remedy, instead of sending them all.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pydantic import BaseModel, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from social_enrich.config import InferenceConfig, RetryConfig
-from social_enrich.inference.credentials import SECRET_NAME_VAR, resolve_credentials
+from social_enrich.errors import SocialEnrichError
+from social_enrich.inference.credentials import SECRET_ENDPOINT_FIELD, SECRET_NAME_VAR, resolve_credentials
 from social_enrich.inference.packing import MatchedAnswer, UnreadableAnswer, build_messages, match_answer, response_format
 from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
 from social_enrich.inference.rate_limiter import AdaptiveConcurrency, RequestPacer
@@ -40,10 +45,20 @@ ANSWER_OVERHEAD_TOKENS = 8  # {"results":[...]} around the items
 RETRYABLE_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
 FILTERED_PROMPT = "content_filter: the prompt was filtered by Azure OpenAI's content policy"
 FILTERED_ANSWER = "content_filter: the answer was filtered by Azure OpenAI's content policy"
+# Statuses that say the endpoint rejects the run itself, not this request: the key, its rights, the deployment.
+REJECTING_STATUSES = frozenset({401, 403, 404})
+# A score call stops at the third identical rejection: one or two may be a blip (a key being rotated,
+# a deployment minutes old), thirty are not. Requests already in flight are cancelled.
+STOP_AFTER_REJECTIONS = 3
 
 
 class AzureOpenAIConfigError(RuntimeError):
     """Azure OpenAI is selected but not configured; the message says which setting is missing."""
+
+
+class EndpointRejectedError(SocialEnrichError):
+    """The endpoint rejects every request the same way (wrong key, no such deployment, nothing listening):
+    scoring stopped early; the message names the cause and the setting to fix, never the key."""
 
 
 class AzureOpenAISettings(BaseModel):
@@ -65,28 +80,45 @@ class AzureOpenAISettings(BaseModel):
         """An endpoint is set, or a secret that may carry one is named."""
         return bool(self.resolved_endpoint() or os.environ.get(SECRET_NAME_VAR))
 
-    def _client_args(self) -> dict[str, Any]:
+    def _connection(self) -> tuple[dict[str, Any], SettingNames]:
+        """The SDK client's arguments, and where the key and endpoint were set (for error messages)."""
         credentials = resolve_credentials(self.api_key_env_var)
-        endpoint = self.resolved_endpoint() or credentials.endpoint
-        if not endpoint:
+        if self.endpoint:
+            endpoint, endpoint_setting = self.endpoint, "the endpoint of the azure_openai resource"
+        elif os.environ.get(ENDPOINT_VAR):
+            endpoint, endpoint_setting = os.environ[ENDPOINT_VAR], f"${ENDPOINT_VAR}"
+        elif credentials.endpoint:
+            endpoint, endpoint_setting = credentials.endpoint, f"{SECRET_ENDPOINT_FIELD} in {credentials.source}"
+        else:
             raise AzureOpenAIConfigError(
                 f"provider azure_openai needs an endpoint: set ${ENDPOINT_VAR}, the resource's endpoint, "
                 f"or OPENAI_API_BASE in the secret named by ${SECRET_NAME_VAR}"
             )
-        return dict(
+        args = dict(
             azure_endpoint=endpoint,
             api_key=credentials.api_key,
             api_version=self.api_version,
             timeout=self.timeout_seconds,
             max_retries=0,  # retries are ours: see the module docstring
         )
+        return args, SettingNames(key=credentials.setting, endpoint=endpoint_setting)
 
     def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
-        return AzureOpenAIProvider(self._client_args(), inference, response_model)
+        args, settings = self._connection()
+        return AzureOpenAIProvider(args, inference, response_model, settings)
 
     def batch_client(self) -> openai.AzureOpenAI:
         """A client for the Files and Batches APIs; the SDK's own retries suit these few calls."""
-        return openai.AzureOpenAI(**{**self._client_args(), "max_retries": 2})
+        args, _ = self._connection()
+        return openai.AzureOpenAI(**{**args, "max_retries": 2})
+
+
+@dataclass(frozen=True)
+class SettingNames:
+    """Where the user sets the key and the endpoint, as error messages name them."""
+
+    key: str = "the Azure OpenAI key"
+    endpoint: str = f"${ENDPOINT_VAR}"
 
 
 class _Transient(Exception):
@@ -114,6 +146,22 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+def _server_message(error: openai.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    return str(body.get("message") or error.message)
+
+
+def _connect_failure(error: openai.APIConnectionError) -> str | None:
+    """Why the connection could not be made, or None when the error is of another kind (e.g. dropped)."""
+    # httpx's and httpx2's ConnectError alike: the SDK may use either.
+    if type(error.__cause__).__name__ != "ConnectError":
+        return None
+    root: BaseException = error.__cause__
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    return "connection refused" if isinstance(root, ConnectionRefusedError) else str(root) or type(root).__name__
+
+
 def _header_int(headers: Any, name: str) -> int | None:
     try:
         return int(headers.get(name))
@@ -136,9 +184,11 @@ def _waiter(retry: RetryConfig) -> Callable[[RetryCallState], float]:
 class AzureOpenAIProvider:
     caches_responses = True
 
-    def __init__(self, client_args: dict[str, Any], inference: InferenceConfig, response_model: type[BaseModel]) -> None:
+    def __init__(self, client_args: dict[str, Any], inference: InferenceConfig, response_model: type[BaseModel],
+                 setting_names: SettingNames = SettingNames()) -> None:
         self.model_id = inference.model
         self._client_args = client_args
+        self.setting_names = setting_names
         self.inference = inference
         self.response_model = response_model
         self.response_format = response_format(response_model)
@@ -152,6 +202,8 @@ class AzureOpenAIProvider:
         return f"AzureOpenAIProvider(deployment={self.model_id!r}, endpoint={self._client_args['azure_endpoint']!r})"
 
     def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]:
+        """One result per post; raises :class:`EndpointRejectedError` when the endpoint rejects the run
+        itself (the answers received before the stop have been passed to ``on_result``)."""
         if not posts:
             return []
         return asyncio.run(self._score_all(posts, on_result))
@@ -170,10 +222,44 @@ class AzureOpenAIProvider:
         async with openai.AsyncAzureOpenAI(**self._client_args) as client:
             run = _PackRun(self, client, concurrency, posts, settle)
             packs = [list(range(start, min(start + size, len(posts)))) for start in range(0, len(posts), size)]
-            await asyncio.gather(*(run.settle_pack(pack) for pack in packs))
+            try:
+                await asyncio.gather(*(run.settle_pack(pack) for pack in packs))
+            except EndpointRejectedError:
+                # Nothing more starts (see _attempt); what is in flight or waiting to retry is cancelled.
+                others = asyncio.all_tasks() - {asyncio.current_task()}
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
+                raise
+        if run.rejections and not run.answered:
+            # Too few requests to reach the stop, and each was rejected: the run is no better off.
+            raise EndpointRejectedError(run.rejections.most_common(1)[0][0])
         self._concurrency_start = concurrency.limit
         self.peak_concurrency = max(self.peak_concurrency, concurrency.peak)
         return [r if r is not None else ScoreResult.failed("no answer was recorded") for r in results]
+
+    def rejection(self, status: int, code: str | None, server_message: str) -> str:
+        """The cause and the remedy of an HTTP status in REJECTING_STATUSES, in one line."""
+        endpoint, deployment, names = self._client_args["azure_endpoint"], self.model_id, self.setting_names
+        if status == 404 and code == "DeploymentNotFound":
+            return f"HTTP 404: no deployment named {deployment} at {endpoint}: check inference.model / $AZURE_OPENAI_DEPLOYMENT"
+        if status == 404:
+            return (f"HTTP 404 from {endpoint} for deployment {deployment} ({server_message}): check the endpoint "
+                    f"in {names.endpoint} and api_version {self._client_args['api_version']}")
+        if status == 403:
+            return (f"HTTP 403 from {endpoint} for deployment {deployment} ({server_message}): check that the key in "
+                    f"{names.key} may use this resource, and that its network rules admit this host")
+        return f"HTTP {status} from {endpoint} for deployment {deployment}: check the key in {names.key}"
+
+    def cannot_connect(self, reason: str) -> str:
+        return f"cannot connect to {self._client_args['azure_endpoint']} ({reason}): check {self.setting_names.endpoint}"
+
+    def without_key(self, text: str) -> str:
+        """``text`` on one line, at most 200 characters, and never the key (should a server echo it)."""
+        key = self._client_args["api_key"]
+        if len(key) >= 8:  # a real key is 32 characters; a one-letter test key would garble the text
+            text = text.replace(key, "<key>")
+        return " ".join(text.split())[:200]
 
 
 class _PackRun:
@@ -181,6 +267,16 @@ class _PackRun:
 
     def __init__(self, provider: AzureOpenAIProvider, client: openai.AsyncAzureOpenAI, concurrency: AdaptiveConcurrency, posts: Sequence[PostToScore], settle: Callable[[int, ScoreResult], None]) -> None:
         self.p, self.client, self.concurrency, self.posts, self.settle = provider, client, concurrency, posts, settle
+        self.rejections: Counter[str] = Counter()  # message -> times: the endpoint rejecting the run itself
+        self.answered = False  # an answer (HTTP 200) came back
+        self.stop: EndpointRejectedError | None = None
+
+    def _rejected(self, message: str) -> None:
+        """Count a rejection; at the STOP_AFTER_REJECTIONS-th identical one, stop the run."""
+        self.rejections[message] += 1
+        if self.rejections[message] >= STOP_AFTER_REJECTIONS:
+            self.stop = self.stop or EndpointRejectedError(message)
+            raise self.stop
 
     async def settle_pack(self, pack: list[int]) -> None:
         outcome = await self._send([self.posts[i] for i in pack])
@@ -238,7 +334,10 @@ class _PackRun:
         cost = estimate_request_tokens(messages, p.response_format, max_tokens)
         async with self.concurrency:
             await p.pacer.wait_turn(cost)
+            if self.stop is not None:
+                raise self.stop  # the endpoint rejected the run: start nothing more
             p.usage.requests += 1
+            rejection, connect_failed = None, False
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(
                     model=p.model_id, messages=messages, response_format=p.response_format, max_tokens=max_tokens  # type: ignore[arg-type]
@@ -254,12 +353,27 @@ class _PackRun:
                     return _Outcome("filtered", FILTERED_PROMPT)
                 if e.status_code in RETRYABLE_STATUSES:
                     raise _Transient(f"HTTP {e.status_code}", _retry_after(e.response.headers)) from None
-                # The message is the server's; the SDK never puts the key in it.
-                return _Outcome("failed", f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
+                if e.status_code not in REJECTING_STATUSES:
+                    # The message is the server's; the SDK never puts the key in it.
+                    return _Outcome("failed", f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
+                rejection = p.rejection(e.status_code, e.code, p.without_key(_server_message(e)))
             except openai.APITimeoutError:
                 raise _Transient("timeout") from None
-            except openai.APIConnectionError:
-                raise _Transient("connection error") from None
+            except openai.APIConnectionError as e:
+                # A failed connect before any answer is a wrong endpoint (host, port, name), not a blip:
+                # it counts towards the stop like a 401, while each request still gets its retries until then.
+                # Once something has answered, the endpoint exists, and a failed connect is only retried.
+                reason = _connect_failure(e)
+                if reason is None or self.answered:
+                    raise _Transient("connection error") from None
+                rejection, connect_failed = p.cannot_connect(reason), True
+            if rejection is not None:
+                # Counted outside the except blocks, so an EndpointRejectedError chains to no SDK error.
+                self._rejected(rejection)
+                if connect_failed:
+                    raise _Transient("connection error")
+                return _Outcome("failed", rejection)
+            self.answered = True
             p.pacer.on_answer()
             self.concurrency.on_answer(
                 _header_int(raw.headers, "x-ratelimit-remaining-requests"),

@@ -54,6 +54,7 @@ class AzureCredentials:
     api_key: str = field(repr=False)
     endpoint: str | None
     source: str
+    setting: str  # where to fix the key, as error messages name it: "$AZURE_OPENAI_API_KEY", or the secret's field
 
     def __str__(self) -> str:
         return f"Azure OpenAI key from {self.source}"
@@ -64,12 +65,14 @@ def resolve_credentials(api_key_env_var: str = "AZURE_OPENAI_API_KEY", *, enviro
 
     ``environ`` (default ``os.environ``) is read for those two variables only; boto3 takes the AWS
     region, credentials and endpoint (``AWS_ENDPOINT_URL_SECRETS_MANAGER``, ``AWS_ENDPOINT_URL``)
-    from the process environment and AWS config files as usual.
+    from the process environment and AWS config files as usual, except that ``$AWS_REGION`` is
+    honoured too (see :func:`_aws_region`).
     """
     env = os.environ if environ is None else environ
     key = env.get(api_key_env_var, "").strip()
     if key:
-        return AzureCredentials(api_key=key, endpoint=None, source=f"environment variable {api_key_env_var}")
+        return AzureCredentials(api_key=key, endpoint=None, source=f"environment variable {api_key_env_var}",
+                                setting=f"${api_key_env_var}")
     secret_name = env.get(SECRET_NAME_VAR, "").strip()
     if not secret_name:
         raise CredentialsError(
@@ -82,14 +85,15 @@ def resolve_credentials(api_key_env_var: str = "AZURE_OPENAI_API_KEY", *, enviro
     if isinstance(parsed, str):
         raise CredentialsError(parsed)
     key, endpoint = parsed
-    return AzureCredentials(api_key=key, endpoint=endpoint, source=f"AWS Secrets Manager secret {secret_name!r}")
+    source = f"AWS Secrets Manager secret {secret_name!r}"
+    return AzureCredentials(api_key=key, endpoint=endpoint, source=source, setting=f"{SECRET_KEY_FIELD} in {source}")
 
 
 def _fetch_secret_string(secret_name: str) -> str:
     """The secret's SecretString. Errors are raised outside the ``except`` blocks, so they chain to nothing."""
     problem: str
     try:
-        client = boto3.session.Session().client("secretsmanager", config=_BOTO_CONFIG)
+        client = boto3.session.Session(region_name=_aws_region()).client("secretsmanager", config=_BOTO_CONFIG)
         with _no_response_body_logging():
             response = client.get_secret_value(SecretId=secret_name)
     except ClientError as e:
@@ -125,6 +129,12 @@ def _fetch_secret_string(secret_name: str) -> str:
             problem = f"AWS Secrets Manager secret {secret_name!r} (from ${SECRET_NAME_VAR}) has no SecretString"
         del response
     raise CredentialsError(problem)
+
+
+def _aws_region() -> str | None:
+    """$AWS_REGION, as the AWS SDKs and Lambda set it (botocore reads only $AWS_DEFAULT_REGION); None: boto3's
+    own lookup ($AWS_DEFAULT_REGION, then the config profile)."""
+    return os.environ.get("AWS_REGION", "").strip() or None
 
 
 def _parse_secret(secret_string: str, secret_name: str) -> tuple[str, str | None] | str:

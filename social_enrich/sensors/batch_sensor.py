@@ -2,20 +2,48 @@
 
 All its state is in the batch store (and at Azure), not in the cursor, so a restarted daemon or a
 failed tick simply polls again; a day leaves the store only after its rows are committed.
+
+Azure is needed only while batches are in flight: a tick with nothing queued skips at once, and one
+whose work needs Azure while it is not configured skips with the missing setting, not a traceback.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import cached_property
 
 import dagster as dg
+import openai
 
 from social_enrich.assets import batch_sensor_name
 from social_enrich.batch_enrichment import DayWritten, collect_batches
 from social_enrich.config import JobConfig
+from social_enrich.environment import batch_store_path
 from social_enrich.inference.azure_batch import AzureBatchClient
+from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAISettings
+from social_enrich.inference.batch_store import BatchStore
+from social_enrich.inference.credentials import CredentialsError
 from social_enrich.resources import AzureOpenAIResource
 from social_enrich.lakehouse.catalog import open_catalog
+
+
+class _AzureWhenNeeded(AzureBatchClient):
+    """Builds the SDK client on first use, so a tick that calls no Azure API needs no Azure settings."""
+
+    def __init__(self, settings: AzureOpenAISettings) -> None:  # no super().__init__: ``client`` is built later
+        self._settings = settings
+
+    @cached_property
+    def client(self) -> openai.AzureOpenAI:  # type: ignore[override]
+        return self._settings.batch_client()
+
+
+def _work_queued(job: JobConfig) -> bool:
+    path = batch_store_path()
+    if not path.exists():  # don't create the store just to look
+        return False
+    with BatchStore(path) as store:
+        return bool(store.open_days(job.name) or store.open_batches(job.name))
 
 
 def day_metadata(job: JobConfig, written: DayWritten) -> dict:
@@ -51,8 +79,13 @@ def build_batch_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.SensorD
         description=f"Polls the Azure OpenAI batches of job '{job.name}', writes and materializes the days they complete.",
     )
     def _poll(context: dg.SensorEvaluationContext, azure_openai: AzureOpenAIResource) -> dg.SensorResult:
-        client = AzureBatchClient(azure_openai.batch_client())
-        report = collect_batches(job, open_catalog(job.connector), client, context.log)
+        if not _work_queued(job):
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"no Batch API work queued for job '{job.name}'"))
+        try:
+            report = collect_batches(job, open_catalog(job.connector), _AzureWhenNeeded(azure_openai), context.log)
+        except (AzureOpenAIConfigError, CredentialsError) as e:
+            # The work stays queued; the next tick after the setting is fixed carries on.
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"job '{job.name}' has Batch API work queued, but Azure OpenAI is not configured: {e}"))
         context.log.info(report.summary())
         events = [
             dg.AssetMaterialization(asset_key=asset.key, partition=w.day.isoformat(), metadata=day_metadata(job, w))
