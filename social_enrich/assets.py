@@ -30,10 +30,11 @@ from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
 from pydantic import Field
 from pyiceberg.catalog import Catalog
 
-from social_enrich.config import JobConfig, TableRef
+from social_enrich.config import JobConfig, JobConfigError, TableRef
 from social_enrich.batch_enrichment import forget_written_days, submit_days
 from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
 from social_enrich.errors import SocialEnrichError
+from social_enrich.graceful_stop import stop_between_chunks
 from social_enrich.resources import AwsLambdaResource, AzureOpenAIResource
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.selection import build_provider, provider_kind
@@ -67,13 +68,16 @@ def batch_sensor_name(job: JobConfig) -> str:
     return f"{job.name}_batch_poller"
 
 
-def source_asset_key(ref: TableRef) -> AssetKey:
-    return AssetKey([ref.database, ref.table])
+def source_asset_key(job: JobConfig, ref: TableRef) -> AssetKey:
+    """[database, table]; with the catalog's ``name`` in front when the job's catalog sets one, so
+    same-named tables of two catalogs are two assets."""
+    name = job.connector.catalog.get("name")
+    return AssetKey([name, ref.database, ref.table] if name else [ref.database, ref.table])
 
 
 def build_gold_source_asset(job: JobConfig, ref: TableRef) -> AssetsDefinition:
     @observable_source_asset(
-        key=source_asset_key(ref),
+        key=source_asset_key(job, ref),
         group_name=ref.database,
         description=f"Iceberg table {ref.identifier}; its data version is the current snapshot id.",
         metadata={"dagster/table_name": ref.identifier},
@@ -88,14 +92,23 @@ def build_gold_source_asset(job: JobConfig, ref: TableRef) -> AssetsDefinition:
 
 
 def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
-    """One observable asset per distinct source table across all jobs."""
-    built: dict[AssetKey, AssetsDefinition] = {}
+    """One observable asset per distinct source table across all jobs. Two jobs naming one table in
+    different catalogs are refused at load time: the asset would observe only one of them."""
+    built: dict[AssetKey, tuple[JobConfig, AssetsDefinition]] = {}
     for job in jobs:
         for ref in job.connector.source.tables:
-            key = source_asset_key(ref)
+            key = source_asset_key(job, ref)
             if key not in built:
-                built[key] = build_gold_source_asset(job, ref)
-    return list(built.values())
+                built[key] = (job, build_gold_source_asset(job, ref))
+                continue
+            other = built[key][0]
+            if (other.connector.catalog, other.connector.warehouse) != (job.connector.catalog, job.connector.warehouse):
+                raise JobConfigError(
+                    f"jobs '{other.name}' ({other.path}) and '{job.name}' ({job.path}) both read {ref.identifier} but from "
+                    "different catalogs, so one source asset cannot observe both: give each catalog its own "
+                    "connector.catalog.name (it becomes the first part of the asset key)"
+                )
+    return [asset for _, asset in built.values()]
 
 
 def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +180,7 @@ def _materialize(
     provider = build_provider(job, azure_openai)
     context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
     # The whole range in one scan and one commit: a backfill run of many days costs one of each.
-    report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log)
+    report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log, should_stop=stop_between_chunks())
     forget_written_days(job, days_between(first, last))  # batch work queued for these days is obsolete
     target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
     seconds = time.perf_counter() - started
@@ -182,7 +195,7 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         name=job.asset_name,
         group_name=job.name,
         partitions_def=partitions,
-        deps=[source_asset_key(ref) for ref in job.connector.source.tables],
+        deps=[source_asset_key(job, ref) for ref in job.connector.source.tables],
         # A backfill groups up to max_partitions_per_run days into one run: one scan and one commit each.
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=job.automation.max_partitions_per_run),
         # Runs calling the model share one pool, so its limit caps them however many runs start.

@@ -530,6 +530,7 @@ def day_summary(job: JobConfig, report: EnrichmentReport, day: dt.date, seconds:
         **run,
         "dagster/row_count": rows,  # the partition's rows; the table's total is table_row_count
         "dagster/partition_row_count": rows,
+        **({"table_row_count": target_rows} if target_rows is not None else {}),
         "posts_touched": figures.posts,
         **_figures(job, figures, report.usage_share(day)),
     }

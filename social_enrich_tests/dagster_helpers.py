@@ -53,3 +53,12 @@ def edited_sentiment_yaml(folder: Path, replacements: dict[str, str]) -> Path:
 def edited_sentiment_defs(tmp_path: Path, replacements: dict[str, str]) -> dg.Definitions:
     """Definitions built from a copy of the sentiment job YAML with some lines replaced."""
     return build_definitions([edited_sentiment_yaml(tmp_path / "jobs", replacements).parent])
+
+
+def materialize_days(instance: dg.DagsterInstance, first: Any, last: Any, asset: str = "social_media_sentiment") -> dg.ExecuteInProcessResult:
+    """One run of the days first..last, as a backfill run of a range is."""
+    return build_definitions().resolve_implicit_global_asset_job_def().execute_in_process(
+        tags={"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)},
+        asset_selection=[dg.AssetKey(asset)],
+        instance=instance,
+    )

@@ -31,6 +31,7 @@ from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
+from social_enrich_tests.gold_tables import posts_living_on
 from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day
 from social_enrich_tests.emulated_azure import (
     API_KEY,
@@ -330,13 +331,8 @@ def azure_env(emulator: AzureOpenAIEmulator, api_key: str, monkeypatch: pytest.M
 
 
 def touched_keys(catalog: Catalog, day: dt.date) -> set[int]:
-    """Posts with a row in either gold table whose last_update_time falls on the (UTC) day."""
-    keys: set[int] = set()
-    for name in ("fact_social_media_reaction_post", "dim_post_details"):
-        rows = catalog.load_table(("gold", name)).scan(selected_fields=("post_key", "last_update_time")).to_arrow()
-        on_day = pc.equal(pc.cast(rows["last_update_time"], pa.date32()), pa.scalar(day, pa.date32()))
-        keys.update(rows.filter(on_day)["post_key"].to_pylist())
-    return keys
+    """Posts that live on the (UTC) day: their latest last_update_time in either gold table falls on it."""
+    return posts_living_on(catalog, day)
 
 
 def latest_texts(catalog: Catalog) -> dict[int, str | None]:

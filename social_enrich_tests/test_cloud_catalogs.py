@@ -19,12 +19,12 @@ import dagster as dg
 import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.rest import RestCatalog
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
 from social_enrich import demo
 from social_enrich.config import JobConfig, JobConfigError, load_job_config
 from social_enrich.definitions import build_definitions
 from social_enrich.lakehouse.catalog import CatalogUnavailableError, catalog_properties, open_catalog
+from social_enrich_tests.gold_tables import latest_touch_days
 from social_enrich_tests.conftest import SAMPLE_START
 from social_enrich_tests.dagster_helpers import materialization_metadata, materialize_day
 from social_enrich_tests.moto_aws import REGION, aws_env, moto_url  # noqa: F401
@@ -87,18 +87,10 @@ def closed_port() -> int:
 
 
 def touched_posts(catalog: Catalog, job: JobConfig, day: dt.date) -> list[int]:
-    """The posts with a row written on ``day`` in any source table, read back from the gold tables."""
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    keys: set[int] = set()
-    for ref in job.connector.source.tables:
-        window = And(
-            GreaterThanOrEqual(ref.datetime_field, start.isoformat()),
-            LessThan(ref.datetime_field, (start + dt.timedelta(days=1)).isoformat()),
-        )
-        rows = catalog.load_table(ref.identifier).scan(row_filter=window, selected_fields=(ref.index_field,)).to_arrow()
-        keys.update(rows[ref.index_field].to_pylist())
-    keys.discard(None)  # rows without a post key are skipped by the enrichment, not written
-    return sorted(keys)
+    """The posts that live on ``day``: their latest datetime in any source table falls on it."""
+    tables = tuple(ref.identifier for ref in job.connector.source.tables)
+    ref = job.connector.source.tables[0]
+    return sorted(k for k, d in latest_touch_days(catalog, tables, ref.index_field, ref.datetime_field).items() if d == day)
 
 
 def bucket_objects(s3) -> set[str]:

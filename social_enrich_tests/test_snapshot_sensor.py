@@ -221,6 +221,8 @@ def test_days_without_a_partition_yet_wait_in_the_cursor(catalog, seeded, sensor
     assert result.run_requests == []
     assert json.loads(sensor.cursor)["pending_days"] == {later.isoformat(): waiting_for}
     assert any(line.startswith(f"holding {later}") for line in log_lines())
+    # The skip message says the same as the log: days are held, not "nothing touched".
+    assert result.skip_message.startswith(f"holding {later}: touched by new gold snapshots, but without a partition yet")
     assert any(line.startswith("not requesting 2026-10-30: before the first partition") for line in log_lines())
 
     # Once the day has a partition (here: a cursor written when day 7 was still in the future), it is asked for.

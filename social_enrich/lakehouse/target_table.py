@@ -24,7 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
 from pyiceberg.expressions import BooleanExpression, In, NotIn
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -199,7 +205,9 @@ def write_days(
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             return _write_once(table, job, days, rows, may_live_on, attempt)
-        except CommitFailedException:
+        except (CommitFailedException, ValidationException):
+            # Lost a race: another writer committed first (pyiceberg's own retries rebase our commit,
+            # and refuse it when the other one added rows to the days we replace). Re-read, re-apply.
             if attempt == COMMIT_ATTEMPTS:
                 raise
             time.sleep(random.uniform(0.05, 0.2 * attempt))  # let the winner finish, then re-read what it wrote

@@ -126,10 +126,18 @@ def build_snapshot_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.Sens
             run_requests=requests,
             cursor=SnapshotCursor(tick.tables, tick.pending).dumps(),
             asset_events=tick.observations,
-            skip_reason=None if requests else "no new gold snapshot touched a day to enrich",
+            skip_reason=None if requests else skip_reason(tick.pending),
         )
 
     return _sensor
+
+
+def skip_reason(pending: dict[str, dict[str, int]]) -> str:
+    """Why a tick requests nothing, in the same words as its log."""
+    if pending:
+        days = describe_days(frozenset(dt.date.fromisoformat(d) for d in pending))
+        return f"holding {days}: touched by new gold snapshots, but without a partition yet; requested once the day is over"
+    return "no new gold snapshot touched a day to enrich"
 
 
 class _Tick:
@@ -193,7 +201,7 @@ class _Tick:
         }
         self.observations.append(
             dg.AssetObservation(
-                asset_key=source_asset_key(ref), tags={DATA_VERSION_TAG: str(info.snapshot_id)}, metadata=metadata
+                asset_key=source_asset_key(self.job, ref), tags={DATA_VERSION_TAG: str(info.snapshot_id)}, metadata=metadata
             )
         )
 
