@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from pyiceberg.expressions import And, EqualTo, In
 from pyiceberg.types import StringType
 
 from social_enrich.config import JobConfig
+from social_enrich.day_locks import scoring_days
 from social_enrich.environment import response_cache_path
 from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
@@ -441,8 +443,11 @@ def enrich_days(
     if provider.caches_responses and job.inference.cache:
         # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
         cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id))
+    # A paid model: one run at a time scores a day, so a second run of a cold day reuses the first's answers.
+    locks = scoring_days(job.name, days_between(first, last), log) if cache is not None else nullcontext()
     try:
-        rows = score_partition(job, provider, posts, send, report, log, cache, should_stop, chunk_posts)
+        with locks:
+            rows = score_partition(job, provider, posts, send, report, log, cache, should_stop, chunk_posts)
     finally:
         if cache is not None:
             cache.close()

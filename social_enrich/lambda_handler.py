@@ -46,7 +46,7 @@ from dagster_pipes import (
 
 from social_enrich.config import JobConfig, JobConfigError, discover_job_configs
 from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_days, report_summary
-from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAISettings
+from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAISettings, EndpointRejectedError
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.selection import build_provider
 from social_enrich.lakehouse.catalog import CatalogUnavailableError, load_table, open_catalog
@@ -248,7 +248,7 @@ def _api(resolver: type[APIGatewayRestResolver] | type[APIGatewayHttpResolver]) 
     for errors, status in (
         ((BadRequestError, JobConfigError, SourceSchemaError, TargetSchemaError), 400),
         ((UnknownJobError,), 404),
-        ((PartitionFailedError, openai.OpenAIError), 502),
+        ((PartitionFailedError, EndpointRejectedError, openai.OpenAIError), 502),
         # Deployment problems whose messages are written to name the setting and never a secret.
         ((CatalogUnavailableError, CredentialsError, AzureOpenAIConfigError), 500),
     ):

@@ -52,7 +52,7 @@ REJECTING_STATUSES = frozenset({401, 403, 404})
 STOP_AFTER_REJECTIONS = 3
 
 
-class AzureOpenAIConfigError(RuntimeError):
+class AzureOpenAIConfigError(SocialEnrichError, RuntimeError):
     """Azure OpenAI is selected but not configured; the message says which setting is missing."""
 
 

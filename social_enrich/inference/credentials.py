@@ -35,6 +35,8 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from social_enrich.errors import SocialEnrichError
+
 SECRET_NAME_VAR = "OPENAI_SECRET_NAME"
 SECRET_KEY_FIELD = "OPENAI_API_KEY"
 SECRET_ENDPOINT_FIELD = "OPENAI_API_BASE"
@@ -43,7 +45,7 @@ SECRET_ENDPOINT_FIELD = "OPENAI_API_BASE"
 _BOTO_CONFIG = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(SocialEnrichError, RuntimeError):
     """No usable Azure OpenAI key; the message says which setting or secret field to fix, never a value."""
 
 
