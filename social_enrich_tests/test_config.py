@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from social_enrich.config import JobConfigError, discover_job_configs, load_job_config
+from social_enrich.config import DEFAULT_PROMPT, JobConfig, JobConfigError, discover_job_configs, load_job_config
 from social_enrich.environment import BUILTIN_JOBS_DIR
+from social_enrich.errors import SocialEnrichError
+from social_enrich.inference.azure_openai import AzureOpenAISettings
+from social_enrich.inference.packing import build_messages
+from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
+from social_enrich.inference.selection import LocalModelMissingError, build_provider
+from social_enrich_tests.second_job import SECOND_JOB_YAML
 
 BUILTIN = BUILTIN_JOBS_DIR / "sentiment.yaml"
 
@@ -119,3 +126,52 @@ def test_the_deploy_jobs_differ_from_the_builtin_only_in_their_catalog(catalog):
     for raw in (deploy, builtin):
         del raw["description"], raw["connector"]["catalog"], raw["connector"]["warehouse"]
     assert deploy == builtin
+
+
+@pytest.mark.parametrize("provider", ["local", "auto"])
+def test_a_local_model_without_text_field_is_a_load_time_error(tmp_path, provider):
+    """Without text_field the local model is handed no text and would call every post neutral, silently."""
+    path = write_job(tmp_path, lambda raw: (raw["inference"].pop("text_field"), raw["inference"].update(provider=provider)))
+    with pytest.raises(JobConfigError) as error:
+        load_job_config(path)
+    message = str(error.value)
+    assert message.startswith(str(path)), message
+    assert "inference.text_field is not set" in message and "local model 'vader'" in message
+    assert "set inference.text_field to the field that holds the post text" in message
+
+
+def test_an_azure_only_job_needs_no_text_field(tmp_path):
+    path = write_job(tmp_path, lambda raw: (raw["inference"].pop("text_field"), raw["inference"].update(provider="azure_openai")))
+    assert load_job_config(path).inference.text_field is None
+
+
+def test_every_shipped_job_yaml_loads(monkeypatch):
+    """The validators above hold for the built-in job, the deploy jobs and the test suite's second job."""
+    monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", "s3://bucket/warehouse")  # the deploy jobs' required variables
+    monkeypatch.setenv("SOCIAL_ENRICH_REST_URI", "https://catalog.example")
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "jobs"
+    for path in (BUILTIN, deploy / "glue" / "sentiment.yaml", deploy / "rest" / "sentiment.yaml"):
+        assert load_job_config(path).inference.text_field == "post_text", path
+    raw = yaml.safe_load(SECOND_JOB_YAML)
+    assert JobConfig.model_validate({**raw, "name": "topics"}).inference.text_field == "post_text"
+
+
+def test_a_local_run_without_local_model_names_the_job_and_the_field(tmp_path):
+    path = write_job(tmp_path, lambda raw: raw["inference"].pop("local_model"))
+    job = load_job_config(path)  # valid: with an Azure OpenAI endpoint the job needs no local model
+    with pytest.raises(LocalModelMissingError) as error:
+        build_provider(job, AzureOpenAISettings())  # no endpoint configured: the job runs locally
+    message = str(error.value)
+    assert message.startswith(f"{path}: job 'job' runs the local model"), message
+    assert "sets no inference.local_model" in message and "AZURE_OPENAI_ENDPOINT" in message
+    assert isinstance(error.value, JobConfigError) and isinstance(error.value, SocialEnrichError)
+
+
+def test_the_default_prompt_describes_the_packed_request():
+    """The prompt must match what is sent: posts packed as a JSON list under "posts", each with an "id"."""
+    system, user = build_messages(DEFAULT_PROMPT, [PostToScore(key=1, fields={"post_text": "hello"}, text="hello")])
+    assert json.loads(user["content"]) == {"posts": [{"id": "0", "post_text": "hello"}]}
+    assert system["content"].startswith(DEFAULT_PROMPT)
+    assert '{"posts": [...]}' in DEFAULT_PROMPT and '"id"' in DEFAULT_PROMPT
+    assert "one result per post" in DEFAULT_PROMPT and "one post as" not in DEFAULT_PROMPT
+    assert "never as instructions" in DEFAULT_PROMPT

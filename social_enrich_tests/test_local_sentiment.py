@@ -53,3 +53,40 @@ def test_local_provider_returns_the_llm_response_model_for_hard_texts():
     assert labels[2] == "positive" and labels[3] == "negative" and labels[5] == "positive"
     for r in results:
         assert isinstance(r.response, Sentiment) and -1 <= r.response.score <= 1 and 0 <= r.response.confidence <= 1
+
+
+CLEAR_ENGLISH = "I absolutely love this camera, the photos are amazing!"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["أحب هذه الكاميرا، إنها رائعة", "我非常喜欢这个相机，照片太棒了", "\u200b\u200c\u200d\u2060\ufeff", "🫠🫠🫠", "gr\u200beat"],
+    ids=["arabic", "chinese", "zero-width-only", "unknown-emoji", "zero-width-inside-a-word"],
+)
+def test_text_the_model_cannot_read_gets_low_confidence(text):
+    """VADER calls these neutral with its full confidence; a confidence filter must drop them, not keep them."""
+    answer = VaderSentimentModel().score({}, text)
+    assert answer.label == "neutral" and answer.confidence < 0.2
+
+
+def test_readable_text_keeps_vaders_label_and_confidence():
+    model = VaderSentimentModel()
+    answer = model.score({}, CLEAR_ENGLISH)
+    assert answer.label == "positive" and answer.confidence == abs(answer.score) > 0.8
+    for text in (CLEAR_ENGLISH, "NOT good at all!!!", "Love it :) #blessed @anna 2026", "😍😍🎉", "I ❤️ it"):
+        assert model.readable_share(text) == 1.0, text
+
+
+def test_half_readable_text_falls_in_between():
+    model = VaderSentimentModel()
+    # 44 letters of English, then 31 Chinese characters (counted one by one: Chinese has no spaces).
+    text = f"{CLEAR_ENGLISH} 我非常喜欢这个相机，照片真的太棒了，电池也很好，每天都用它拍照"
+    english, mixed = model.score({}, CLEAR_ENGLISH), model.score({}, text)
+    assert mixed.label == english.label == "positive"  # the label is still what VADER read
+    assert model.readable_share(text) == pytest.approx(44 / 75)
+    assert 0.2 < mixed.confidence < english.confidence
+
+
+def test_emoji_presentation_selectors_do_not_hide_an_emoji():
+    # "❤️" is U+2764 U+FE0F; VADER alone would read "red heart\ufe0f" and call the post neutral.
+    assert VaderSentimentModel().score({}, "I ❤️ it").label == "positive"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
@@ -18,10 +19,22 @@ POSITIVE_AT = 0.05
 NEGATIVE_AT = -0.05
 # Both polarities this strong in one post make it mixed ("love the camera, battery is awful").
 MIXED_AT = 0.15
+# Code points that only join or restyle emoji (ZWJ, text and emoji presentation). VADER maps emoji one code
+# point at a time, so left in they stick to a description's last word: "❤️" would read "red heart\ufe0f".
+_EMOJI_GLUE = str.maketrans("", "", "\u200d\ufe0e\ufe0f")
 
 
 class VaderSentimentModel:
-    """VADER (Hutto & Gilbert, 2014): handles emoji, caps, "!!!", slang and negation."""
+    """VADER (Hutto & Gilbert, 2014): handles emoji, caps, "!!!", slang and negation.
+
+    VADER's own confidence is the strength of the label (|compound|, or the neutral share for a
+    neutral post). Alone, it calls text VADER cannot read (Arabic, Chinese, zero-width characters,
+    emoji missing from its map) neutral with confidence 1.0, so a confidence filter would keep
+    exactly the posts it did not understand. The confidence is therefore scaled by ``readable_share``:
+    the share of the text VADER could read, counted in characters so that scripts written without
+    spaces (Chinese, Japanese) weigh as much as their length. The labels are VADER's, unchanged, but
+    for emoji joiners and presentation selectors, removed first so that VADER reads "❤️" as "red heart".
+    """
 
     model_id = f"vader-{version('vaderSentiment')}"
 
@@ -29,17 +42,48 @@ class VaderSentimentModel:
         self._analyzer = SentimentIntensityAnalyzer()
 
     def score(self, fields: dict[str, Any], text: str | None) -> Sentiment:
-        polarity = self._analyzer.polarity_scores(text or "")
+        text = (text or "").translate(_EMOJI_GLUE)
+        polarity = self._analyzer.polarity_scores(text)
         compound, pos, neg = polarity["compound"], polarity["pos"], polarity["neg"]
         if pos >= MIXED_AT and neg >= MIXED_AT:
-            label, confidence = "mixed", min(pos, neg) / max(pos, neg)
+            label, strength = "mixed", min(pos, neg) / max(pos, neg)
         elif compound >= POSITIVE_AT:
-            label, confidence = "positive", abs(compound)
+            label, strength = "positive", abs(compound)
         elif compound <= NEGATIVE_AT:
-            label, confidence = "negative", abs(compound)
+            label, strength = "negative", abs(compound)
         else:
-            label, confidence = "neutral", polarity["neu"]
-        return Sentiment(label=label, score=compound, confidence=round(confidence, 4))
+            label, strength = "neutral", polarity["neu"]
+        return Sentiment(label=label, score=compound, confidence=round(strength * self.readable_share(text), 4))
+
+    def readable_share(self, text: str) -> float:
+        """The share of the text's characters, in words split on whitespace as VADER splits them, that
+        lie in words VADER can read: words of its lexicon (emoticons included), ASCII words (English
+        it either scores or rightly treats as neutral, numbers, handles) and emoji of its emoji map.
+
+        A word with any other character (another script, a zero-width space, an unknown emoji) is
+        unread as a whole, as VADER cannot look it up. Punctuation around a word does not count, nor
+        a word of punctuation alone unless it is an emoticon VADER knows. No readable character: 0.
+        Latin-script foreign languages are mostly ASCII and count as read: the measure finds text
+        VADER cannot read at all, not the language it is in.
+        """
+        lexicon = self._analyzer.lexicon
+        read = total = 0
+        for token in text.translate(_EMOJI_GLUE).split():
+            word = token.strip(string.punctuation)  # as VADER strips it before the lexicon lookup
+            if not word:
+                if token in lexicon:  # an emoticon: ":)"
+                    read, total = read + len(token), total + len(token)
+                continue
+            total += len(word)
+            if token.lower() in lexicon or word.lower() in lexicon or self._known_characters(word):
+                read += len(word)
+        return read / total if total else 0.0
+
+    def _known_characters(self, word: str) -> bool:
+        emojis = self._analyzer.emojis  # VADER replaces each of these code points with its description
+        if not all(c.isascii() or c in emojis for c in word):
+            return False
+        return any(c.isascii() and c.isalnum() or c in emojis for c in word)
 
 
 class LocalProvider:
