@@ -1,4 +1,5 @@
-"""The one Definitions object: gold source assets, and per job YAML an enrichment asset and its sensors."""
+"""The one Definitions object: gold source assets, and per job YAML an enrichment asset, its sensors and
+its target's maintenance schedule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dagster as dg
 
 from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import discover_job_configs
+from social_enrich.maintenance_job import build_maintenance_schedule
 from social_enrich.resources import default_resources
 from social_enrich.sensors.batch_sensor import build_batch_sensor
 from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
@@ -16,12 +18,15 @@ from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
 def build_definitions(job_dirs: list[Path] | None = None) -> dg.Definitions:
     jobs = discover_job_configs(job_dirs)
     enrichments = {job.name: build_enrichment_asset(job) for job in jobs}
+    maintenance = [build_maintenance_schedule(job) for job in jobs]  # each carries its target's maintenance job
     return dg.Definitions(
         assets=[*gold_source_assets(jobs), *enrichments.values()],
         sensors=[
             *(build_snapshot_sensor(job, enrichments[job.name]) for job in jobs),
             *(build_batch_sensor(job, enrichments[job.name]) for job in jobs),
         ],
+        jobs=[schedule.job for schedule in maintenance],
+        schedules=maintenance,
         resources=default_resources(),
     )
 
