@@ -219,6 +219,25 @@ class ExecutionConfig(_Strict):
         return self
 
 
+class MaintenanceConfig(_Strict):
+    """The target table's upkeep (social_enrich/lakehouse/maintenance.py): every daily write adds snapshots,
+    a manifest and replaced files, and each one slows the next write until they are expired and merged."""
+
+    enabled: bool = Field(default=True, description="Run the maintenance schedule (the job can always be run by hand).")
+    cron: str = Field(
+        default="0 3 * * *", pattern=r"^\S+(\s+\S+){4}$",
+        description="When the schedule runs (five-field cron, UTC); pick an hour with no enrichment runs.",
+    )
+    expire_snapshots_older_than_days: float = Field(default=7, ge=0, description="Expire snapshots older than this.")
+    retain_last_snapshots: int = Field(default=10, ge=1, description="Keep at least this many recent snapshots, whatever their age.")
+    delete_expired_files: bool = Field(default=True, description="Delete the files only expired snapshots referenced.")
+    compact_when_files_per_partition_over: int = Field(
+        default=4, ge=1, description="Rewrite a partition holding more small data files than this into one."
+    )
+    compact_files_smaller_than_mb: float = Field(default=64, gt=0, description="A data file below this size counts as small.")
+    merge_manifests_when_over: int = Field(default=4, ge=1, description="Merge the manifests when there are more than this.")
+
+
 class JobConfig(_Strict):
     name: str = Field(pattern=IDENTIFIER)
     description: str = ""
@@ -226,6 +245,7 @@ class JobConfig(_Strict):
     inference: InferenceConfig
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
