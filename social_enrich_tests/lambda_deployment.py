@@ -51,7 +51,7 @@ class Deployment:
 def job_yaml(folder: Path, moto_url: str, bucket: str, chunk_posts: int = 1000) -> Path:
     """The sentiment job with its catalog on SQLite and its warehouse in the S3 bucket, retrying fast."""
     catalog = (f"  catalog: {{type: sql, uri: 'sqlite:///{folder.parent}/catalog.db', s3.endpoint: '{moto_url}', "
-               f"s3.region: us-east-1}}")
+               f"s3.region: us-east-1, init_catalog_tables: 'true'}}")
     return edited_sentiment_yaml(folder, {
         "  warehouse: ${SOCIAL_ENRICH_WAREHOUSE:-}": f"  warehouse: s3://{bucket}/warehouse #",
         "  catalog: {}": catalog + " #",
