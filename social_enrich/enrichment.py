@@ -122,6 +122,11 @@ class EnrichmentReport:
         return days_text(self.first, self.last)
 
     @property
+    def incomplete_message(self) -> str:
+        return (f"stopped on {self.days_text} ({self.stopped}): {self.posts_left} of {self.posts} posts left; "
+                "the posts scored are written, run the same days again to finish")
+
+    @property
     def failed_share(self) -> float:
         return self.statuses["failed"] / self.posts if self.posts else 0.0
 

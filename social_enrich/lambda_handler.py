@@ -141,11 +141,6 @@ def run_job(job: JobConfig, first: dt.date, last: dt.date, drop: bool, budget: B
     return report, report_summary(job, report, time.perf_counter() - started, target_rows)
 
 
-def incomplete_message(report: EnrichmentReport) -> str:
-    return (f"stopped on {report.days_text} ({report.stopped}): {report.posts_left} of {report.posts} posts left; "
-            "the posts scored are written, run the same days again to finish")
-
-
 # Dagster Pipes
 
 
@@ -167,7 +162,7 @@ def run_for_pipes(event: Mapping[str, Any], context: LambdaContext) -> dict[str,
         pipes.log.info(f"Lambda {context.aws_request_id}: job {job.name}, {first}..{last}")
         report, summary = run_job(job, first, last, bool(event.get("drop", False)), Budget(context))
         if not report.complete:
-            raise IncompleteRunError(incomplete_message(report))
+            raise IncompleteRunError(report.incomplete_message)
         # Pipes takes a dict value only with its type spelled out.
         pipes.report_asset_materialization(
             metadata={k: {"raw_value": v, "type": "json"} if isinstance(v, dict) else v for k, v in summary.items()}
@@ -225,7 +220,7 @@ def post_job(app: APIGatewayRestResolver | APIGatewayHttpResolver, job: str) -> 
     report, summary = run_job(config, first, last, drop, Budget(app.lambda_context))
     body = {"job": config.name, "complete": report.complete, **summary}
     if not report.complete:
-        return _json(503, {**body, "error": incomplete_message(report)})
+        return _json(503, {**body, "error": report.incomplete_message})
     return _json(200, body)
 
 
