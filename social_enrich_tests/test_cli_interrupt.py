@@ -110,6 +110,7 @@ def test_a_stopped_cli_stops_its_step_after_the_chunk_under_way(sent, to_group, 
         messages = [entry.message for entry in instance.all_logs(run.run_id)]
         stop = f"stopping before post {CHUNK_POSTS + 1} of {DAY_POSTS}: {reason.format(cli=cli.pid)}"
         assert any(stop in m for m in messages), messages[-10:]
+        assert instance.get_materialized_partitions(dg.AssetKey("social_media_sentiment")) == set()  # not done: not materialized
         if sent == signal.SIGKILL:  # nobody was left to end the run: the next run's sweep does
             assert sweep_dead_runs(instance) == [run.run_id]
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
