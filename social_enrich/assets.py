@@ -181,6 +181,8 @@ def _materialize(
     context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
     # The whole range in one scan and one commit: a backfill run of many days costs one of each.
     report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log, should_stop=stop_between_chunks())
+    if not report.complete:  # stopped between chunks: what was scored is written, the days are not done
+        raise Failure(description=report.incomplete_message, allow_retries=False)
     forget_written_days(job, days_between(first, last))  # batch work queued for these days is obsolete
     target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
     seconds = time.perf_counter() - started
