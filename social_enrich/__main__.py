@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import sys
 import time
-import warnings
 from collections import Counter
 
 import dagster as dg
@@ -18,6 +17,7 @@ from pyiceberg.catalog import Catalog
 from social_enrich import demo
 from social_enrich.config import JobConfig, discover_job_configs
 from social_enrich.enrichment import days_between
+from social_enrich.dead_runs import sweep_dead_runs
 from social_enrich.definitions import build_definitions
 from social_enrich.environment import state_dir
 from social_enrich.lakehouse.catalog import load_table, open_catalog
@@ -82,6 +82,10 @@ def materialize_range(
 ) -> bool:
     """One Dagster run of the days first..last (one scan, one commit); prints a line per day and says if it succeeded."""
     started = time.perf_counter()
+    # execute_in_process uses Dagster's in-process executor, not the code location's: sweep here, so a
+    # run that died on this machine does not hold the pool for this one.
+    for run_id in sweep_dead_runs(instance):
+        print(f"  marked run {run_id} failed: its run worker on this machine is gone; its pool slots are freed", flush=True)
     result = job_def.execute_in_process(
         instance=instance,
         tags=run_tags(first, last),
@@ -176,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--max-per-run must be at least 1")
     elif args.posts < 1 or args.days < 1:
         parser.error("--posts and --days must be at least 1")
-    # Dagster marks observable source assets and backfill policies beta; that is no news to a user here.
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     if args.command == "seed":
         job = find_job(args.job)
         seed(open_catalog(job.connector), job, args.posts, args.days)
