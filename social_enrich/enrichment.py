@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
 from pyiceberg.expressions import And, EqualTo, In
 from pyiceberg.types import StringType
 
@@ -30,10 +31,12 @@ from social_enrich.inference.request_fields import request_rows
 from social_enrich.inference.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
+from social_enrich.unchanged_posts import TargetAnswers
 from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceColumn, SourceSchemaError, days_text, joined_columns, read_days
 from social_enrich.lakehouse.target_table import (
     PARTITION_DATE,
     WriteStats,
+    conform,
     json_text_fields,
     open_target,
     partition_row_counts,
@@ -60,6 +63,7 @@ class DayFigures:
     statuses: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
     cache_hits: int = 0  # answered from the response cache
+    unchanged: int = 0  # kept the target's row for the same input (see unchanged_posts.py)
     shared: int = 0  # answered by another post of the run with identical fields
     sent: int = 0  # sent to the model: the day's share of the run's usage
     truncated: int = 0
@@ -89,9 +93,13 @@ class EnrichmentReport:
     partition_rows: dict[dt.date, int] = field(default_factory=dict)  # rows each day's partition holds after the write
     posts_left: int = 0  # not scored: the run was asked to stop (a deadline, SIGTERM) before their chunk
     stopped: str | None = None  # why, when posts_left
+    unchanged_in_place: int = 0  # unchanged posts whose row is already on their day, as of their latest touch
 
     def day(self, day: dt.date) -> DayFigures:
-        return self.days.setdefault(day, DayFigures())
+        figures = self.days.get(day)
+        if figures is None:  # not setdefault: that would build a DayFigures per post
+            figures = self.days[day] = DayFigures()
+        return figures
 
     def _total(self, name: str) -> Any:
         values = [getattr(d, name) for d in self.days.values()]
@@ -189,9 +197,9 @@ class _ProgressLog:
         while not self._stop.wait(PROGRESS_EVERY_SECONDS):
             self.line()
 
-    def __call__(self, result: ScoreResult, how: str = "scored") -> None:
+    def __call__(self, result: ScoreResult | None, how: str = "scored", count: int = 1) -> None:
         with self._lock:
-            self.counts["from cache" if how == "cached" else "failed" if result.status == "failed" else how] += 1
+            self.counts["failed" if result is not None and result.status == "failed" else how] += count
 
     def line(self) -> None:
         with self._lock:
@@ -200,7 +208,7 @@ class _ProgressLog:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = done / elapsed
         eta = f"ETA {(self.total - done) / rate:.0f}s" if rate else "waiting for the first answers"
-        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("scored", "failed", "from cache", "shared"))
+        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("scored", "failed", "from cache", "shared", "unchanged"))
         self.log.info("%d/%d posts done: %s (%.0f posts/s, %s)", done, self.total, parts, rate, eta)
 
 
@@ -272,7 +280,7 @@ def score_chunk(
         if key in hits:
             chunk.results[position] = hits[key]
             report.day(days[position]).cache_hits += 1
-            progress(hits[key], "cached")
+            progress(hits[key], "from cache")
         else:
             sharing.setdefault(key, []).append(n)
     todo = list(sharing)
@@ -366,6 +374,7 @@ def score_partition(
     cache: ResponseCache | None = None,
     should_stop: Callable[[], str | None] | None = None,
     chunk_posts: int = CHUNK_POSTS,
+    known: TargetAnswers | None = None,
 ) -> pa.Table:
     """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows.
 
@@ -389,21 +398,63 @@ def score_partition(
                 report.not_sendable[problem] += len(keys)
                 named = report.not_sendable_keys.setdefault(problem, [])
                 named.extend(keys[: NAMED_POSTS - len(named)])
+            updated = posts.source_update_time.slice(start, chunk_posts)
+            found = known.find(rows[job.index_field].to_pylist(), chunk.hashes) if known is not None else [None] * rows.num_rows
+            reused = [n for n, at in enumerate(found) if at is not None]
+            if reused:  # unchanged posts keep their row: not scored, not looked up
+                kept = set(reused)
+                chunk.to_score = [post for position, post in zip(chunk.positions, chunk.to_score) if position not in kept]
+                chunk.positions = [position for position in chunk.positions if position not in kept]
+                taken = pa.array(reused, pa.int64())
+                old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))  # type: ignore[union-attr]
+                report.unchanged_in_place += in_place
+                tables.append(old_rows)
+                labels = old_rows["label"].to_pylist() if counts_labels else [None] * len(reused)
+                for n, status, label in zip(reused, old_rows["status"].to_pylist(), labels):
+                    figures = report.day(day_list[n])
+                    figures.unchanged += 1
+                    figures.statuses[status] += 1
+                    if label is not None:
+                        figures.labels[label] += 1
+                progress(None, "unchanged", len(reused))
             results = score_chunk(job, provider, chunk, cache, progress, day_list, report)
-            for day, result, cut in zip(day_list, results, chunk.truncated):
-                figures = report.day(day)
+            fresh = [n for n, at in enumerate(found) if at is None]
+            for n in fresh:
+                result, figures = results[n], report.day(day_list[n])
                 figures.statuses[result.status] += 1
-                figures.truncated += cut
+                figures.truncated += chunk.truncated[n]
                 if counts_labels and result.response is not None:
                     figures.labels[result.response.label] += 1  # type: ignore[attr-defined]
-            updated = posts.source_update_time.slice(start, chunk_posts)
+            if len(fresh) < rows.num_rows:
+                taken = pa.array(fresh, pa.int64())
+                rows, days, updated = rows.take(taken), days.take(taken), updated.take(taken)
+                chunk.hashes, chunk.truncated = [chunk.hashes[n] for n in fresh], [chunk.truncated[n] for n in fresh]
+                results = [results[n] for n in fresh]
             tables.append(result_rows(job, days, provider.model_id, rows[job.index_field], updated, chunk.hashes, chunk.truncated, results))
     for problem, count in report.not_sendable.items():  # one line per reason, not one per post
         named = report.not_sendable_keys[problem]
         log.warning("%d posts not scored: %s (%s=%s%s)", count, problem, job.index_field,
                     ", ".join(map(repr, named)), ", ..." if count > len(named) else "")
-    # A chunk whose column is all null (no errors, say) has it as type null: promote, not fail.
-    return pa.concat_tables(tables, promote_options="default")
+    # A chunk whose column is all null (no errors, say) has it as type null, and rows kept from the
+    # target have its types: promote, not fail.
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _write(
+    job: JobConfig, target: Table, report: EnrichmentReport, rows: pa.Table, version_days: frozenset[dt.date] | None, log: logging.Logger
+) -> None:
+    days = days_between(report.first, report.last)
+    rows = conform(rows, target)
+    if report.complete and report.unchanged_in_place == rows.num_rows == report.posts:
+        # Every post keeps the row it has, on its day: a commit would change nothing but add snapshots.
+        log.info("%s: every post is unchanged and in place; nothing to commit", report.days_text)
+        snapshot = target.current_snapshot()
+        report.write = WriteStats(0, 0, snapshot.snapshot_id if snapshot else None, committed=False)
+    else:
+        report.write = write_days(target, job, days, rows, may_live_on=version_days)
+    if report.write.kept_good:
+        log.warning("%d posts failed this time but keep their earlier answer to the same input", report.write.kept_good)
+    report.partition_rows = partition_row_counts(target, days)
 
 
 def enrich_days(
@@ -448,21 +499,25 @@ def enrich_days(
     if provider.caches_responses and job.inference.cache:
         # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
         cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id))
-    # A paid model: one run at a time scores a day, so a second run of a cold day reuses the first's answers.
+    # A paid model: one run at a time scores and writes a day, so a second run of a cold day reuses the
+    # first's answers (from the target, or the cache if the first was stopped) instead of paying again.
     locks = scoring_days(job.name, days_between(first, last), log) if cache is not None else nullcontext()
-    try:
-        with locks:
-            rows = score_partition(job, provider, posts, send, report, log, cache, should_stop, chunk_posts)
-    finally:
-        if cache is not None:
-            cache.close()
-        report.usage = provider.usage - usage_before
-    scored = time.perf_counter()
-    target = open_target(catalog, job, posts.index_type, drop=drop)
-    report.write = write_days(target, job, days_between(first, last), rows, may_live_on=posts.version_days)
-    if report.write.kept_good:
-        log.warning("%d posts failed this time but keep their earlier answer to the same input", report.write.kept_good)
-    report.partition_rows = partition_row_counts(target, days_between(first, last))
+    with locks:
+        try:
+            known = None if drop else TargetAnswers.load(catalog, job, {*days_between(first, last), *posts.version_days}, provider.model_id)
+            rows = score_partition(job, provider, posts, send, report, log, cache, should_stop, chunk_posts, known)
+        finally:
+            if cache is not None:
+                cache.close()
+            report.usage = provider.usage - usage_before
+        scored = time.perf_counter()
+        index_type, version_days = posts.index_type, posts.version_days if posts.versions_complete else None
+        if version_days is None:
+            log.info("a source table was updated in place (overwrite, delete or MERGE snapshots): earlier versions of "
+                     "its rows are gone, so the write looks for moved posts in every day of the target")
+        del known, posts  # the posts' fields are not needed for the write: free them first
+        target = open_target(catalog, job, index_type, drop=drop)
+        _write(job, target, report, rows, version_days, log)
     report.seconds = {
         "scan": scanned - started,
         "score": scored - scanned,
@@ -493,6 +548,7 @@ def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any
         "posts_failed": figures.statuses["failed"],
         "posts_filtered": figures.statuses["filtered"],
         "posts_from_cache": figures.cache_hits,
+        "posts_unchanged": figures.unchanged,
         "posts_shared": figures.shared,
         "posts_truncated": figures.truncated,
         "labels": labels,
@@ -507,7 +563,8 @@ def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any
 def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict[str, Any]:
     """The run's figures, over all its days, as plain JSON values: the run log, and the Lambda handler's answer."""
     write = report.write
-    totals = DayFigures(report.statuses, report.labels, report.cache_hits, report._total("shared"), report._total("sent"), report.posts_truncated)
+    totals = DayFigures(report.statuses, report.labels, report.cache_hits, report._total("unchanged"), report._total("shared"),
+                        report._total("sent"), report.posts_truncated)
     return {
         "dagster/table_name": job.connector.target.identifier,
         **({"table_row_count": target_rows} if target_rows is not None else {}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pytest
 
 from social_enrich import __main__ as cli
 from social_enrich.lakehouse.catalog import load_table
@@ -33,8 +35,10 @@ def test_backfill_command_groups_days_into_runs_and_matches_one_run_per_day(cata
     grouped = target_rows(catalog)
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_run_records()
-        ranges = sorted((r.dagster_run.tags["dagster/asset_partition_range_start"], r.dagster_run.tags["dagster/asset_partition_range_end"]) for r in runs)
-        assert ranges == [(DAYS[0], DAYS[1]), (DAYS[2], DAYS[2])]
+        # A range's run carries the range tags; a one-day run the single-partition tag, as the Runs list shows them.
+        names = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end", "dagster/partition")
+        tags = sorted(tuple(r.dagster_run.tags.get(name, "") for name in names) for r in runs)
+        assert tags == [("", "", DAYS[2]), (DAYS[0], DAYS[1], "")]
         assert sorted(instance.get_materialized_partitions(ASSET)) == DAYS
     # Each grouped run wrote its whole range in one commit (one transaction: a delete and an append snapshot).
     snapshots = load_table(catalog, "enriched.social_media_sentiment").snapshots()
@@ -95,3 +99,11 @@ def test_the_pool_limit_keeps_model_runs_apart_across_processes(seeded, state_ho
     (first_start, first_end, _), (second_start, _, second_blocked) = windows
     assert second_start >= first_end  # never both calling the model
     assert second_blocked  # and the second really waited on the pool
+
+
+def test_backfill_refuses_days_outside_the_partitions_before_any_work(catalog, seeded, capsys):
+    today = dt.datetime.now(dt.timezone.utc).date()
+    for first, last in [("2026-10-30", DAYS[0]), (DAYS[0], today.isoformat())]:
+        with pytest.raises(SystemExit, match=r"is not within the partitions of social_media_sentiment: they run from 2026-11-01"):
+            cli.main(["backfill", "--job", "sentiment", "--from", first, "--to", last])
+    assert not catalog.namespace_exists("enriched") or ("enriched", "social_media_sentiment") not in catalog.list_tables("enriched")

@@ -3,12 +3,14 @@ a failed attempt never replaces a good answer, and two runs of one cold day pay 
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 
-import pyarrow.compute as pc
+import pyarrow as pa
 import pytest
 from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import EqualTo
 
 from social_enrich.config import JobConfig
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
@@ -36,22 +38,30 @@ def provider(emulator: AzureOpenAIEmulator, monkeypatch: pytest.MonkeyPatch):
     return provider_for(emulator.endpoint, retry={"max_attempts": 2, "backoff_seconds": 0.01, "max_seconds": 10})
 
 
-def test_a_failed_attempt_keeps_the_earlier_good_answer(emulator, job, seeded, catalog: Catalog, monkeypatch):
-    raw = job.model_dump()
-    raw["inference"]["cache"] = False  # every run asks the model again
-    uncached = JobConfig.model_validate(raw)
-    first = enrich_partition(uncached, DAY, catalog, provider(emulator, monkeypatch))
-    good = read_target(catalog)
-    assert first.statuses["ok"] > 0
+def test_gold_updated_in_place_moves_a_post_without_a_second_row_or_losing_its_answer(emulator, job, seeded, catalog: Catalog, monkeypatch):
+    """A gold table maintained by MERGE keeps only a post's latest row, so the day of its earlier
+    version is gone from the sources. The write still finds the post's old row, and with the model
+    down, the failed attempt does not replace the good answer to the same input."""
+    enrich_partition(job, DAY, catalog, provider(emulator, monkeypatch))
+    before = {r["post_key"]: r for r in read_target(catalog).to_pylist()}
+    post = next(k for k, r in sorted(before.items()) if r["status"] == "ok")
+    later = DAY + dt.timedelta(days=10)  # a day with no other post: only this post's versions say where to look
+    for name in ("gold.fact_social_media_reaction_post", "gold.dim_post_details"):  # MERGE: the row is replaced
+        table = catalog.load_table(name)
+        rows = table.scan(row_filter=EqualTo("post_key", post)).to_arrow()
+        latest = rows.sort_by([("last_update_time", "descending")]).slice(0, 1)
+        row = {**latest.to_pylist()[0], "last_update_time": dt.datetime.combine(later, dt.time(6), tzinfo=dt.timezone.utc)}
+        table.overwrite(pa.Table.from_pylist([row], schema=table.schema().as_arrow()), overwrite_filter=EqualTo("post_key", post))
 
-    emulator.settings.share_http_503 = 1.0  # the model is down: every attempt of the re-run fails
-    second = enrich_partition(uncached, DAY, catalog, provider(emulator, monkeypatch))
+    emulator.settings.share_http_503 = 1.0  # the model is down
+    enrich_partition(job, later, catalog, provider(emulator, monkeypatch))
 
-    assert second.statuses["failed"] == first.posts  # counted as failures of this run...
-    assert second.write.kept_good == first.statuses["ok"]  # ...but the good rows stay
-    after = read_target(catalog)
-    assert comparable(after) == comparable(good)
-    assert pc.sum(pc.equal(after["status"], "ok")).as_py() == first.statuses["ok"]
+    rows = read_target(catalog)
+    keys = rows["post_key"].to_pylist()
+    assert len(keys) == len(set(keys))  # one row per post, though its old day is nowhere in gold any more
+    (row,) = [r for r in rows.to_pylist() if r["post_key"] == post]
+    assert row["partition_date"] == later
+    assert (row["status"], row["label"], row["input_hash"]) == ("ok", before[post]["label"], before[post]["input_hash"])
 
 
 def test_two_runs_of_one_cold_day_pay_for_it_once(emulator, job, seeded, catalog: Catalog, monkeypatch):

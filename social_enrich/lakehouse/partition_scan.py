@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysFalse, And, BooleanExpression, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation
 from pyiceberg.types import (
     DateType,
     IcebergType,
@@ -64,6 +65,9 @@ class PartitionPosts:
     capped: int = 0  # touched posts left for a later run by max_records
     touched_later: int = 0  # touched in the range but last touched after it: they live on that later day
     version_days: frozenset[dt.date] = frozenset()  # every day a version of these posts was written on
+    # The sources' retained history only ever added rows, so every earlier version of a post is still
+    # there and version_days holds every day the target can have the post on (see keeps_every_version).
+    versions_complete: bool = True
 
 
 def day_window(name: str, iceberg_type: IcebergType, first: dt.date, last: dt.date | None = None) -> BooleanExpression:
@@ -184,18 +188,26 @@ def _latest_touch(table: Table, ref: TableRef, key: str, keys: pa.Array, stats: 
     return latest, days
 
 
-def _latest_rows(table: Table, ref: TableRef, key: str, keys: pa.Array, columns: list[str]) -> pa.Table:
-    """The given posts' latest row in this source, only ``columns``, whatever day it was written."""
+def _latest_rows(table: Table, ref: TableRef, key: str, latest: pa.Table, columns: list[str]) -> pa.Table:
+    """The latest row in this source of each post of ``latest`` (key, its latest time), only ``columns``,
+    whatever day it was written. Each batch keeps only those rows, so older versions are never held."""
     where = f"{ref.identifier}.{ref.datetime_field}"
     wanted = list(dict.fromkeys([key, ref.datetime_field, *columns]))
-    parts = [batch.append_column(UPDATED, to_utc_timestamps(batch[ref.datetime_field], where)) for batch in _versions(table, key, keys, wanted)]
+    keys, times = latest[key].combine_chunks(), latest[UPDATED].combine_chunks()
+    parts = []
+    for batch in _versions(table, key, keys, wanted):
+        at = to_utc_timestamps(batch[ref.datetime_field], where)
+        newest = pc.equal(at, times.take(pc.index_in(batch[key], value_set=keys)))
+        parts.append(batch.append_column(UPDATED, at).filter(newest))
     if parts:
         rows = pa.Table.from_batches(parts)
     else:
         schema = table.schema().select(*wanted).as_arrow()
         schema = schema.set(schema.get_field_index(key), pa.field(key, plain_type(schema.field(key).type)))
         rows = schema.append(pa.field(UPDATED, UTC_MICROS)).empty_table()
-    return _latest_per_key(rows, key, UPDATED).select([c for c in wanted if c != ref.datetime_field or c in columns])
+    if rows.num_rows > pc.count_distinct(rows[key]).as_py():  # two rows of one post at the same time: keep one
+        rows = _latest_per_key(rows, key, UPDATED)
+    return rows.select([c for c in wanted if c != ref.datetime_field or c in columns])
 
 
 def _cap_per_day(posts: pa.Table, cap: int, log: logging.Logger) -> tuple[pa.Table, int]:
@@ -215,6 +227,13 @@ def _cap_per_day(posts: pa.Table, cap: int, log: logging.Logger) -> tuple[pa.Tab
 class SourceColumn:
     table: str  # the source table that provides it (the first that has a column of this name)
     type: IcebergType
+
+
+def keeps_every_version(table: Table) -> bool:
+    """Whether the table's retained snapshots only ever appended rows or rewrote files (compaction). A
+    table updated in place (MERGE, overwrite, delete) has lost earlier versions of some rows, so the
+    days those were written on can no longer be read from it."""
+    return all(s.summary is None or s.summary.operation in (Operation.APPEND, Operation.REPLACE) for s in table.snapshots())
 
 
 def joined_columns(catalog: Catalog, job: JobConfig) -> dict[str, SourceColumn]:
@@ -286,16 +305,17 @@ def read_days(
     # 3. Each post's latest row in every source, only the columns asked for, joined on the index.
     wanted = None if columns is None else set(columns)
     joined = pa.table({key: keys})
-    for table, ref in zip(tables, refs):
+    for table, ref, touches in zip(tables, refs, latest_per_source):
         names = [n for n in table.schema().column_names if n not in joined.column_names and (wanted is None or n in wanted)]
-        latest = _latest_rows(table, ref, key, keys, names)
+        latest = _latest_rows(table, ref, key, touches.filter(pc.is_in(touches[key], value_set=keys)), names)
         # Align to the posts; a post missing from this source gets nulls. The first source with a column wins.
         aligned = latest.take(pc.index_in(keys, value_set=latest[key]))
         for name in names:
             joined = joined.append_column(name, aligned[name])
+    complete = all(keeps_every_version(t) for t in tables)
     return PartitionPosts(
         joined, posts[UPDATED].combine_chunks(), posts[PARTITION_DAY].combine_chunks(), index_type,
-        sources=stats, capped=capped, touched_later=later, version_days=frozenset(version_days),
+        sources=stats, capped=capped, touched_later=later, version_days=frozenset(version_days), versions_complete=complete,
     )
 
 

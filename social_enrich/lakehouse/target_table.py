@@ -167,6 +167,7 @@ class WriteStats:
     snapshot_id: int | None
     kept_good: int = 0  # posts whose new attempt failed, kept with their earlier good answer to the same input
     commit_attempts: int = 1
+    committed: bool = True  # False: nothing had changed, so nothing was written
 
 
 def conform(rows: pa.Table, table: Table) -> pa.Table:
