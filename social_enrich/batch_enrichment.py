@@ -91,7 +91,7 @@ def submit_days(
         for start in range(0, posts.posts.num_rows, CHUNK_POSTS):
             rows = posts.posts.slice(start, CHUNK_POSTS)
             chunk = prepare_chunk(job, rows, send)
-            sendable = {position: post for position, post in zip(chunk.positions, chunk.to_score)}
+            sendable = {position: chunk.post(position) for position in chunk.positions}
             hits = cache.get_many([_cache_key(job, chunk.hashes[p]) for p in sendable], job.response_model) if cache else {}
             days = posts.partition_date.slice(start, CHUNK_POSTS).to_pylist()
             updated = posts.source_update_time.slice(start, CHUNK_POSTS).to_pylist()

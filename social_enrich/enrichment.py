@@ -165,10 +165,13 @@ def check_fields(job: JobConfig, columns: dict[str, SourceColumn]) -> list[str]:
     return [c for c in chosen if c not in set(inference.exclude_fields)]
 
 
+# One encoder for every post: json.dumps with these options builds a new one per call, which is most of its cost.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
 def input_hash(fields: dict[str, Any]) -> str:
     """A stable hash of exactly what is sent, so the response cache can tell when a post changed."""
-    text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL_JSON.encode(fields).encode()).hexdigest()
 
 
 class _ProgressLog:
@@ -230,12 +233,17 @@ def _row_problem(job: JobConfig, value: Any) -> str | None:
 class Chunk:
     """One chunk of posts on its way to the model: what is sent, its hashes, and the results."""
 
-    hashes: list[str]
-    truncated: list[bool]
-    results: list[ScoreResult | None]
-    to_score: list[PostToScore] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)  # where each post to score sits in the chunk
+    keys: list[Any]
+    fields: list[dict[str, Any]]  # exactly what each post sends
+    texts: list[str | None]  # the text field, cut to its budget, for local models
+    hashes: list[str] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    results: list[ScoreResult | None] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # the posts to score
     not_sendable: dict[str, list[Any]] = field(default_factory=dict)  # problem -> keys of the posts it stopped
+
+    def post(self, position: int) -> PostToScore:
+        return PostToScore(key=self.keys[position], fields=self.fields[position], text=self.texts[position])
 
 
 def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str]) -> Chunk:
@@ -243,22 +251,23 @@ def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str]) -> Chunk:
     keys = posts[job.index_field].to_pylist()
     text_field = job.inference.text_field
     texts = posts[text_field].to_pylist() if text_field else [None] * len(keys)
-    chunk = Chunk(hashes=[], truncated=[], results=[])
-    for key, fields, text in zip(keys, request_rows(posts.select(send)), texts):
+    chunk = Chunk(keys, request_rows(posts.select(send)), texts)
+    for position, (key, fields, text) in enumerate(zip(keys, chunk.fields, texts)):
         problem = _row_problem(job, text)
         cut = False
         if problem is None and text is not None:
             text, cut = truncate_to_tokens(text, job.inference.max_input_tokens_per_post)
-            if cut and text_field in fields:
-                fields[text_field] = text
+            if cut:
+                texts[position] = text
+                if text_field in fields:
+                    fields[text_field] = text
         chunk.hashes.append(input_hash(fields))
         chunk.truncated.append(cut)
         if problem:
             chunk.not_sendable.setdefault(problem, []).append(key)
             chunk.results.append(ScoreResult.failed(problem))
         else:
-            chunk.positions.append(len(chunk.results))
-            chunk.to_score.append(PostToScore(key=key, fields=fields, text=text))
+            chunk.positions.append(position)
             chunk.results.append(None)
     return chunk
 
@@ -298,11 +307,14 @@ def score_chunk(
             checkpoint.add(todo[m], result)
 
     try:
-        provider.score([chunk.to_score[sharing[key][0]] for key in todo], on_result=on_result)
+        provider.score([chunk.post(chunk.positions[sharing[key][0]]) for key in todo], on_result=on_result)
     finally:
         if checkpoint is not None:
             checkpoint.flush()  # answers already paid for are kept even if scoring failed
-    return [r if r is not None else ScoreResult.failed("no result") for r in chunk.results]
+    for position in chunk.positions:
+        if chunk.results[position] is None:
+            chunk.results[position] = ScoreResult.failed("no result")
+    return chunk.results  # type: ignore[return-value]  # None only where the caller kept a post's row
 
 
 def result_rows(
@@ -399,23 +411,25 @@ def score_partition(
                 named = report.not_sendable_keys.setdefault(problem, [])
                 named.extend(keys[: NAMED_POSTS - len(named)])
             updated = posts.source_update_time.slice(start, chunk_posts)
-            found = known.find(rows[job.index_field].to_pylist(), chunk.hashes) if known is not None else [None] * rows.num_rows
+            failures = [r.error if r is not None else None for r in chunk.results]  # the posts that cannot be sent
+            found = known.find(rows[job.index_field].to_pylist(), chunk.hashes, failures) if known is not None else [None] * rows.num_rows
             reused = [n for n, at in enumerate(found) if at is not None]
             if reused:  # unchanged posts keep their row: not scored, not looked up
                 kept = set(reused)
-                chunk.to_score = [post for position, post in zip(chunk.positions, chunk.to_score) if position not in kept]
                 chunk.positions = [position for position in chunk.positions if position not in kept]
+                for n in reused:
+                    chunk.results[n] = None  # counted as unchanged, not as failed again
                 taken = pa.array(reused, pa.int64())
                 old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))  # type: ignore[union-attr]
                 report.unchanged_in_place += in_place
                 tables.append(old_rows)
                 labels = old_rows["label"].to_pylist() if counts_labels else [None] * len(reused)
-                for n, status, label in zip(reused, old_rows["status"].to_pylist(), labels):
-                    figures = report.day(day_list[n])
-                    figures.unchanged += 1
-                    figures.statuses[status] += 1
+                for (day, status, label), count in Counter(zip((day_list[n] for n in reused), old_rows["status"].to_pylist(), labels)).items():
+                    figures = report.day(day)
+                    figures.unchanged += count
+                    figures.statuses[status] += count
                     if label is not None:
-                        figures.labels[label] += 1
+                        figures.labels[label] += count
                 progress(None, "unchanged", len(reused))
             results = score_chunk(job, provider, chunk, cache, progress, day_list, report)
             fresh = [n for n, at in enumerate(found) if at is None]

@@ -26,12 +26,15 @@ SOURCE_UPDATE_TIME = "source_update_time"
 
 
 class TargetAnswers:
-    """The target's good rows of some days, found by (index value, input hash)."""
+    """The target's rows of some days, found by (index value, input hash): good ones, and failed ones
+    of posts that could not be sent (a null or empty text fails the same way every time)."""
 
     def __init__(self, rows: pa.Table, index: str) -> None:
         if rows.num_rows:  # extension types (UUID) as their storage, as the scan gives the posts' keys
             rows = rows.set_column(rows.schema.get_field_index(index), index, plain(rows[index]))
         self.rows = rows
+        self.statuses = rows["status"].to_pylist() if rows.num_rows else []
+        self.errors = rows["error"].to_pylist() if rows.num_rows else []
         self._at = {(k, h): n for n, (k, h) in enumerate(zip(rows[index].to_pylist(), rows["input_hash"].to_pylist()))} if rows.num_rows else {}
 
     @classmethod
@@ -44,13 +47,19 @@ class TargetAnswers:
             return cls(pa.table({index: pa.array([]), "input_hash": pa.array([], pa.string())}), index)
         rows = table.scan(row_filter=And(
             In(PARTITION_DATE, sorted(d.isoformat() for d in days)), EqualTo("model", model),
-            EqualTo("prompt_version", job.inference.prompt_version), In("status", GOOD_STATUSES),
+            EqualTo("prompt_version", job.inference.prompt_version),
         )).to_arrow()
         return cls(rows, index)
 
-    def find(self, keys: list[Any], hashes: list[str]) -> list[int | None]:
-        """For each post, the position of its unchanged row, or None."""
-        return [self._at.get(pair) for pair in zip(keys, hashes)] if self._at else [None] * len(keys)
+    def find(self, keys: list[Any], hashes: list[str], not_sendable: list[str | None]) -> list[int | None]:
+        """For each post, the position of the row it keeps, or None: a good row for the same input, or
+        the same failure for a post that cannot be sent (``not_sendable``: its error, else None). A post
+        whose earlier attempt failed is tried again."""
+        found = [self._at.get(pair) for pair in zip(keys, hashes)] if self._at else [None] * len(keys)
+        for n, at in enumerate(found):
+            if at is not None and self.statuses[at] not in GOOD_STATUSES and (not_sendable[n] is None or self.errors[at] != not_sendable[n]):
+                found[n] = None
+        return found
 
     def rows_for(self, found: list[int], days: pa.Array, updated: pa.Array) -> tuple[pa.Table, int]:
         """Those rows, each on the post's day as of its latest touch; and how many were there already."""

@@ -73,8 +73,8 @@ def test_a_second_materialization_asks_the_model_nothing(emulator: AzureOpenAIEm
 
     assert emulator.stats["requests"] == requests  # not one more
     assert second["llm/requests"] == 0 and second["llm/estimated_cost_usd"] == 0
-    # Unchanged posts keep their rows from the target itself, and nothing is committed.
-    assert second["posts_unchanged"] == first["posts_scored"] + first["posts_filtered"]
+    # Unchanged posts (those with nothing to send too) keep their rows from the target itself.
+    assert second["posts_unchanged"] == first["posts_touched"] and second["posts_from_cache"] == 0
     assert comparable(read_target(catalog)) == comparable(rows)
 
 
@@ -88,7 +88,7 @@ def test_a_lost_cache_is_refilled_from_the_target(emulator: AzureOpenAIEmulator,
     second = materialization_metadata(materialize_day(instance, DAY.isoformat()))
 
     assert emulator.stats["requests"] == requests and second["llm/requests"] == 0
-    assert second["posts_from_cache"] + second["posts_unchanged"] == first["posts_scored"] + first["posts_filtered"]
+    assert second["posts_from_cache"] + second["posts_unchanged"] == first["posts_touched"]
     assert comparable(read_target(catalog)) == comparable(rows)
 
 
