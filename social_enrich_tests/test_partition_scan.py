@@ -205,3 +205,25 @@ def test_progress_is_logged_while_the_model_is_slow_and_counts_failures_apart(ca
     assert len(waiting) >= 3, lines  # several lines during the half second the one post took
     assert lines[-1].startswith("2/2 posts done: 1 scored, 1 failed, 0 from cache, 0 shared")
     assert "1 posts not scored: body is empty (post_key=5)" in caplog.text
+
+
+def test_binary_map_and_struct_fields_go_to_the_model_as_json(catalog, sentiment_job):
+    """Read from a real table: binary as base64 text, a map as an object, a struct as an object."""
+    from pyiceberg.types import BinaryType, MapType
+
+    from social_enrich.enrichment import prepare_chunk
+    from social_enrich.inference.packing import build_messages
+
+    labels = MapType(30, StringType(), 31, LongType(), value_required=False)
+    meta = StructType(NestedField(40, "shares", LongType(), required=False), NestedField(41, "thumb", BinaryType(), required=False))
+    table = create_table(catalog, "gold.typed", [("k", LongType()), ("body", StringType()), ("raw", BinaryType()),
+                                                 ("counts", labels), ("meta", meta), ("at", TimestamptzType())])
+    append_rows(table, [{"k": 1, "body": "I love it", "raw": b"\x00\xffhi", "counts": {"like": 3},
+                         "meta": {"shares": 2, "thumb": b"\x01"}, "at": dt.datetime(2026, 11, 2, 9, tzinfo=UTC)}])
+    job = job_for(sentiment_job, [{"database": "gold", "table": "typed", "datetime_field": "at", "index_field": "k"}],
+                  text_field="body", include_fields=["body", "raw", "counts", "meta"])
+    posts = read_partition(catalog, job, D2)
+    chunk = prepare_chunk(job, posts.posts, ["body", "raw", "counts", "meta"])
+    assert chunk.fields == [{"body": "I love it", "raw": "AP9oaQ==", "counts": {"like": 3}, "meta": {"shares": 2, "thumb": "AQ=="}}]
+    sent = build_messages("p", [chunk.post(0)])[1]["content"]
+    assert "b'" not in sent and '"raw":"AP9oaQ=="' in sent

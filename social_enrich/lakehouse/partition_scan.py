@@ -306,7 +306,7 @@ def read_days(
     wanted = None if columns is None else set(columns)
     joined = pa.table({key: keys})
     for table, ref, touches in zip(tables, refs, latest_per_source):
-        names = [n for n in table.schema().column_names if n not in joined.column_names and (wanted is None or n in wanted)]
+        names = [f.name for f in table.schema().fields if f.name not in joined.column_names and (wanted is None or f.name in wanted)]
         latest = _latest_rows(table, ref, key, touches.filter(pc.is_in(touches[key], value_set=keys)), names)
         # Align to the posts; a post missing from this source gets nulls. The first source with a column wins.
         aligned = latest.take(pc.index_in(keys, value_set=latest[key]))
