@@ -608,6 +608,9 @@ def day_summary(job: JobConfig, report: EnrichmentReport, day: dt.date, seconds:
     rows = report.partition_rows.get(day, 0)
     run = report_summary(job, report, seconds, target_rows) if report.first == report.last else {"run_days": report.days_text}
     return {
+        "dagster/table_name": job.connector.target.identifier,
+        "model": report.model,
+        "prompt_version": job.inference.prompt_version,
         **run,
         "dagster/row_count": rows,  # the partition's rows; the table's total is table_row_count
         "dagster/partition_row_count": rows,

@@ -142,12 +142,13 @@ def test_a_partition_runs_end_to_end_on_glue_and_s3(glue_env, s3, glue, instance
     assert files and files <= bucket_objects(s3)
     assert not (state_home / "catalog.db").exists()  # the embedded SQLite catalog was never used
 
-    # Re-materializing the day replaces its rows: same posts once each, in new data files.
+    # Re-materializing the unchanged day: same posts once each, and nothing committed (no new files or snapshot).
+    snapshot = table.current_snapshot().snapshot_id
     materialize_day(instance, day.isoformat(), defs=defs)
     table = catalog.load_table(target.identifier)
     assert sorted(table.scan().to_arrow()[target.index_field].to_pylist()) == expected
-    new_files = set(table.inspect.files()["file_path"].to_pylist())
-    assert new_files.isdisjoint(files) and new_files <= bucket_objects(s3)
+    assert table.current_snapshot().snapshot_id == snapshot
+    assert set(table.inspect.files()["file_path"].to_pylist()) == files <= bucket_objects(s3)
     params = glue.get_table(DatabaseName=target.database, Name=target.table)["Table"]["Parameters"]
     assert params["metadata_location"] == table.metadata_location
 
