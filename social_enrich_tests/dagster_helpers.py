@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +65,17 @@ def materialize_days(instance: dg.DagsterInstance, first: Any, last: Any, asset:
         asset_selection=[dg.AssetKey(asset)],
         instance=instance,
     )
+
+
+def dagster_materialize_command(day: str, asset: str = "social_media_sentiment") -> list[str]:
+    """`dagster asset materialize` of one day, with this interpreter's dagster."""
+    return [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "social_enrich.definitions",
+            "--select", asset, "--partition", day]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` every 0.1 s; fail, saying what was awaited, after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {seconds}s: {what}"
+        time.sleep(0.1)

@@ -12,8 +12,6 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog import Catalog
 

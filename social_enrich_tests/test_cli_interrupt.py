@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,10 @@ from social_enrich.graceful_stop import stop_reason
 from social_enrich.inference.local_sentiment import VaderSentimentModel
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich_tests.conftest import SAMPLE_START
-from social_enrich_tests.dagster_helpers import edited_sentiment_yaml
+from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, dagster_materialize_command, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-MATERIALIZE = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "social_enrich.definitions",
-               "--select", "social_media_sentiment", "--partition", SAMPLE_START.isoformat()]
+MATERIALIZE = dagster_materialize_command(SAMPLE_START.isoformat())
 DAY_POSTS = CHUNK_POSTS + 500  # two chunks: the stop comes between them
 HOLD_SECONDS = 60  # a stop that never comes fails the test, not the machine
 
@@ -45,13 +42,6 @@ class ModelWaitingForStop(VaderSentimentModel):
             while stop_reason() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
         return super().score(fields, text)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting after {seconds}s: {what}"
-        time.sleep(0.1)
 
 
 def group_members(group: int) -> list[int]:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ from social_enrich.dead_runs import RunWorker, sweep_dead_runs, this_machine, wo
 from social_enrich.definitions import build_definitions
 from social_enrich.environment import state_dir
 from social_enrich.inference.local_sentiment import VaderSentimentModel
-from social_enrich_tests.dagster_helpers import edited_sentiment_yaml
+from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, dagster_materialize_command, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "azure_openai"
-MATERIALIZE = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "social_enrich.definitions",
-               "--select", "social_media_sentiment", "--partition", "2026-11-01"]
+MATERIALIZE = dagster_materialize_command("2026-11-01")
 HOLD_SECONDS = 120  # far longer than the test needs, short enough that a stray process ends by itself
 
 
@@ -39,13 +37,6 @@ class HoldingModel(VaderSentimentModel):
             marker.touch()
             time.sleep(HOLD_SECONDS)
         return super().score(fields, text)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting after {seconds}s: {what}"
-        time.sleep(0.1)
 
 
 def dagster_home(tmp_path: Path) -> Path:

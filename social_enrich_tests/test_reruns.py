@@ -15,7 +15,7 @@ from pyiceberg.expressions import EqualTo
 from social_enrich.config import JobConfig
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.enrichment import EnrichmentReport, enrich_partition
-from social_enrich_tests.emulated_azure import API_KEY, DAY, DEPLOYMENT, comparable, provider_for, read_target
+from social_enrich_tests.emulated_azure import API_KEY, DAY, DEPLOYMENT, provider_for, read_target
 
 RUN_SECONDS = 120
 
