@@ -139,6 +139,10 @@ def open_target(catalog: Catalog, job: JobConfig, index_type: IcebergType, drop:
             catalog.create_namespace(target.database)
         except NamespaceAlreadyExistsError:
             pass  # created meanwhile by a concurrent run
+        except Exception:
+            # The SQL catalog reports that race as its database's unique-constraint error instead.
+            if not catalog.namespace_exists(target.database):
+                raise
     if drop:
         try:
             catalog.drop_table(target.identifier)
