@@ -20,7 +20,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig
-from social_enrich.enrichment import check_fields, days_between, prepare_chunk, result_rows
+from social_enrich.enrichment import days_between, prepare_chunk, read_posts_to_send, result_rows
 from social_enrich.environment import batch_store_path, response_cache_path
 from social_enrich.inference.azure_batch import AzureBatchClient, BatchAnswers, new_custom_id, parse_jsonl, read_output_line, request_files, request_line
 from social_enrich.inference.batch_store import OPEN_STATUSES, BatchStore, QueuedPost
@@ -28,7 +28,6 @@ from social_enrich.inference.provider import PostToScore, ScoreResult
 from social_enrich.inference.response_cache import ResponseCache, cache_key
 from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.catalog import load_table
-from social_enrich.lakehouse.partition_scan import joined_columns, read_days
 from social_enrich.lakehouse.target_table import open_target, write_days
 
 CHUNK_POSTS = 10_000
@@ -81,9 +80,7 @@ def _cache_key(job: JobConfig, input_hash: str) -> str:
 def submit_days(
     job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, client: AzureBatchClient, log: logging.Logger
 ) -> SubmitReport:
-    send = check_fields(job, joined_columns(catalog, job))
-    text = [job.inference.text_field] if job.inference.text_field else []
-    posts = read_days(catalog, job, first, last, log, columns=list(dict.fromkeys([job.index_field, *send, *text])))
+    posts, send = read_posts_to_send(catalog, job, first, last, log)
     report = SubmitReport(posts=posts.posts.num_rows)
     queued: list[QueuedPost] = []
     cache = ResponseCache(response_cache_path()) if job.inference.cache else None

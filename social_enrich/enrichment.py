@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import pyarrow as pa
@@ -32,7 +33,15 @@ from social_enrich.inference.response_cache import CACHED_STATUSES, Checkpoint, 
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
 from social_enrich.unchanged_posts import TargetAnswers
-from social_enrich.lakehouse.partition_scan import PartitionPosts, SourceColumn, SourceSchemaError, days_text, joined_columns, read_days
+from social_enrich.lakehouse.partition_scan import (
+    PartitionPosts,
+    SourceColumn,
+    SourceSchemaError,
+    days_text,
+    joined_columns,
+    read_days,
+    source_tables,
+)
 from social_enrich.lakehouse.target_table import (
     PARTITION_DATE,
     WriteStats,
@@ -101,25 +110,30 @@ class EnrichmentReport:
             figures = self.days[day] = DayFigures()
         return figures
 
-    def _total(self, name: str) -> Any:
-        values = [getattr(d, name) for d in self.days.values()]
-        return sum(values, Counter()) if name in ("statuses", "labels") else sum(values)
+    @property
+    def totals(self) -> DayFigures:
+        """The figures of every day added up: the run's."""
+        total = DayFigures()
+        for day in self.days.values():
+            for name in (f.name for f in dataclass_fields(DayFigures)):
+                setattr(total, name, getattr(total, name) + getattr(day, name))
+        return total
 
     @property
     def statuses(self) -> Counter[str]:
-        return self._total("statuses")
+        return self.totals.statuses
 
     @property
     def labels(self) -> Counter[str]:
-        return self._total("labels")
+        return self.totals.labels
 
     @property
     def cache_hits(self) -> int:
-        return self._total("cache_hits")
+        return self.totals.cache_hits
 
     @property
     def posts_truncated(self) -> int:
-        return self._total("truncated")
+        return self.totals.truncated
 
     @property
     def complete(self) -> bool:
@@ -140,7 +154,7 @@ class EnrichmentReport:
 
     def usage_share(self, day: dt.date) -> Usage:
         """The run's usage shared out by the posts each day sent to the model."""
-        sent = self._total("sent")
+        sent = self.totals.sent
         share = self.days[day].sent / sent if sent and day in self.days else 0.0
         return Usage(**{name: round(value * share) for name, value in asdict(self.usage).items()})
 
@@ -163,6 +177,16 @@ def check_fields(job: JobConfig, columns: dict[str, SourceColumn]) -> list[str]:
         )
     chosen = inference.include_fields if inference.include_fields is not None else list(columns)
     return [c for c in chosen if c not in set(inference.exclude_fields)]
+
+
+def read_posts_to_send(catalog: Catalog, job: JobConfig, first: dt.date, last: dt.date, log: logging.Logger) -> tuple[PartitionPosts, list[str]]:
+    """The posts of the days, only the columns they send (and the text field), after every configured
+    field was checked against the sources' schema: no post is read for a job that cannot run."""
+    tables = source_tables(catalog, job)
+    send = check_fields(job, joined_columns(job, tables))
+    text = [job.inference.text_field] if job.inference.text_field else []
+    columns = list(dict.fromkeys([job.index_field, *send, *text]))
+    return read_days(catalog, job, first, last, log, columns=columns, tables=tables), send
 
 
 # One encoder for every post: json.dumps with these options builds a new one per call, which is most of its cost.
@@ -489,10 +513,7 @@ def enrich_days(
     as they were; ``report.posts_left`` says how many posts a later run still has to score."""
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
-    # Every configured field is checked against the sources' schema before a post is read.
-    send = check_fields(job, joined_columns(catalog, job))
-    text = [job.inference.text_field] if job.inference.text_field else []
-    posts = read_days(catalog, job, first, last, log, columns=list(dict.fromkeys([job.index_field, *send, *text])))
+    posts, send = read_posts_to_send(catalog, job, first, last, log)
     scanned = time.perf_counter()
     report = EnrichmentReport(
         first=first,
@@ -577,8 +598,6 @@ def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any
 def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> dict[str, Any]:
     """The run's figures, over all its days, as plain JSON values: the run log, and the Lambda handler's answer."""
     write = report.write
-    totals = DayFigures(report.statuses, report.labels, report.cache_hits, report._total("unchanged"), report._total("shared"),
-                        report._total("sent"), report.posts_truncated)
     return {
         "dagster/table_name": job.connector.target.identifier,
         **({"table_row_count": target_rows} if target_rows is not None else {}),
@@ -587,7 +606,7 @@ def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, tar
         "prompt_version": job.inference.prompt_version,
         "days": report.days_text,
         "posts_touched": report.posts,
-        **_figures(job, totals, report.usage),
+        **_figures(job, report.totals, report.usage),
         "posts_skipped": report.capped + sum(report.null_keys.values()),
         "posts_left": report.posts_left,
         "posts_on_later_days": report.touched_later,

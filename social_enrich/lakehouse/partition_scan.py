@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import AlwaysFalse, And, BooleanExpression, GreaterThanOrEqual, LessThan, LessThanOrEqual
+from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.types import (
@@ -165,7 +165,7 @@ def _versions(table: Table, key: str, keys: pa.Array, columns: list[str]) -> Ite
     """Every version of the given posts, only ``columns``, batch by batch: files are pruned by the key
     range, the exact match runs in pyarrow on each batch, so only the matching rows are ever kept."""
     key_range = _key_range(keys, key)
-    scan = table.scan(row_filter=key_range, selected_fields=tuple(columns)) if key_range is not None else table.scan(selected_fields=tuple(columns))
+    scan = table.scan(row_filter=key_range if key_range is not None else AlwaysTrue(), selected_fields=tuple(columns))
     reader = scan.to_arrow_batch_reader()
     position = reader.schema.get_field_index(key)
     for batch in reader:
@@ -236,16 +236,18 @@ def keeps_every_version(table: Table) -> bool:
     return all(s.summary is None or s.summary.operation in (Operation.APPEND, Operation.REPLACE) for s in table.snapshots())
 
 
-def joined_columns(catalog: Catalog, job: JobConfig) -> dict[str, SourceColumn]:
-    """The columns of the joined sources, in order, without reading any data: what a configured field can name."""
+def joined_columns(job: JobConfig, tables: list[Table]) -> dict[str, SourceColumn]:
+    """The columns of the joined sources (``source_tables``), in order, without reading any data: what a
+    configured field can name."""
     columns: dict[str, SourceColumn] = {}
-    for table, ref in zip(_source_tables(catalog, job), job.connector.source.tables):
+    for table, ref in zip(tables, job.connector.source.tables):
         for f in table.schema().fields:
             columns.setdefault(f.name, SourceColumn(ref.identifier, f.field_type))
     return columns
 
 
-def _source_tables(catalog: Catalog, job: JobConfig) -> list[Table]:
+def source_tables(catalog: Catalog, job: JobConfig) -> list[Table]:
+    """The job's source tables, loaded and checked against its config."""
     refs = job.connector.source.tables
     tables = [load_table(catalog, ref.identifier) for ref in refs]
     for position, (table, ref) in enumerate(zip(tables, refs)):
@@ -257,7 +259,8 @@ def _source_tables(catalog: Catalog, job: JobConfig) -> list[Table]:
 
 
 def read_days(
-    catalog: Catalog, job: JobConfig, first: dt.date, last: dt.date, log: logging.Logger | None = None, columns: list[str] | None = None
+    catalog: Catalog, job: JobConfig, first: dt.date, last: dt.date, log: logging.Logger | None = None,
+    columns: list[str] | None = None, tables: list[Table] | None = None,
 ) -> PartitionPosts:
     """The posts that live on the days first..last: touched on one of them in some source, and touched
     last (latest datetime across every source) on one of them. A post touched again later lives on
@@ -265,11 +268,12 @@ def read_days(
     depends on the order in which days are materialized.
 
     Only ``columns`` (default: every column) of each post's latest row are read, batch by batch, so
-    memory holds the chosen fields of the posts, never every column of every version."""
+    memory holds the chosen fields of the posts, never every column of every version. ``tables``: the
+    source tables when the caller has loaded them already (``source_tables``)."""
     log = log or logging.getLogger(__name__)
     refs = job.connector.source.tables
     key = job.index_field
-    tables = _source_tables(catalog, job)
+    tables = tables if tables is not None else source_tables(catalog, job)
     index_type = tables[0].schema().find_field(key).field_type
     stats = {ref.identifier: SourceStats() for ref in refs}
 
@@ -283,12 +287,10 @@ def read_days(
         latest, days = _latest_touch(table, ref, key, touched, stats[ref.identifier])
         latest_per_source.append(latest)
         version_days |= days
-    posts = pa.table({key: touched})
-    for latest in latest_per_source:
-        aligned = latest.take(pc.index_in(touched, value_set=latest[key]))[UPDATED]
-        posts = posts.append_column(f"{UPDATED}{posts.num_columns}", aligned)
-    # max_element_wise has no timestamp kernel: compare the underlying microseconds.
-    micros = [posts[c].combine_chunks().cast(pa.int64()) for c in posts.column_names[1:]]
+    # Each source's latest touch aligned to the posts (null where a source lacks the post); max_element_wise
+    # has no timestamp kernel, so the underlying microseconds are compared.
+    micros = [latest[UPDATED].take(pc.index_in(touched, value_set=latest[key])).combine_chunks().cast(pa.int64())
+              for latest in latest_per_source]
     updated = pc.max_element_wise(*micros, skip_nulls=True).cast(UTC_MICROS)
     posts = pa.table({key: touched, UPDATED: updated, PARTITION_DAY: updated.cast(pa.date32())})
     in_range = pc.and_(pc.greater_equal(posts[PARTITION_DAY], pa.scalar(first, pa.date32())),
