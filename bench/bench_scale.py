@@ -79,6 +79,13 @@ def current_rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
+def arrow_mib() -> dict[str, float]:
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    return {"now": pool.bytes_allocated() / 2**20, "max": pool.max_memory() / 2**20}
+
+
 def sentiment_job():
     from social_enrich.config import discover_job_configs
 
@@ -292,9 +299,9 @@ def child_local(params: dict) -> dict:
 
     def marked(name: str, function):
         def wrapper(*args, **kwargs):
-            marks[f"{name} start"] = {"rss": current_rss_mib(), "peak": peak_rss_mib()}
+            marks[f"{name} start"] = {"rss": current_rss_mib(), "peak": peak_rss_mib(), "arrow": arrow_mib()}
             result = function(*args, **kwargs)
-            marks[f"{name} end"] = {"rss": current_rss_mib(), "peak": peak_rss_mib()}
+            marks[f"{name} end"] = {"rss": current_rss_mib(), "peak": peak_rss_mib(), "arrow": arrow_mib()}
             return result
         return wrapper
 
@@ -308,7 +315,9 @@ def child_local(params: dict) -> dict:
     began = time.perf_counter()
     report = enrichment.enrich_days(job, day, day, catalog, provider, log=quiet_log())
     wall = time.perf_counter() - began
-    return {"after_imports": after_imports, "marks": marks, "peak": peak_rss_mib(), "wall": wall, "seconds": report.seconds,
+    import pyarrow as pa
+
+    return {"after_imports": after_imports, "marks": marks, "arrow_backend": pa.default_memory_pool().backend_name, "peak": peak_rss_mib(), "wall": wall, "seconds": report.seconds,
             "posts": report.posts, "statuses": dict(report.statuses), "model": report.model}
 
 
@@ -426,6 +435,8 @@ def report(args: argparse.Namespace, writes: dict | None, rss: dict | None, reru
         marks = rss["marks"]
         print("   peak by the end of: scan {:.0f}  score {:.0f}  write {:.0f} MiB; RSS when scoring ends {:.0f} MiB".format(
             marks["score start"]["peak"], marks["score end"]["peak"], marks["write end"]["peak"], marks["score end"]["rss"]))
+        print("   Arrow's allocator ({}): peak {:.0f} MiB; held when scoring ends {:.0f} MiB (posts' fields and target rows)".format(
+            rss["arrow_backend"], marks["write end"]["arrow"]["max"], marks["score end"]["arrow"]["now"]))
         print(f"   seconds: {phases(rss['seconds'])}  (wall {rss['wall']:.1f}; {rss['posts'] / rss['wall']:,.0f} posts/s); "
               f"statuses {rss['statuses']}")
         print(f"   peak RSS {peak:.0f} MiB (goal <= {GOAL_RSS_MIB:.0f} MiB) {verdict(peak <= GOAL_RSS_MIB)}")

@@ -16,6 +16,7 @@ from social_enrich.config import JobConfig
 from social_enrich.enrichment import enrich_days
 from social_enrich.inference.local_sentiment import LocalProvider, VaderSentimentModel
 from social_enrich.inference.response_models import Sentiment
+from social_enrich.lakehouse import target_table
 from social_enrich.lakehouse.catalog import open_catalog
 from social_enrich_tests.conftest import SAMPLE_START
 from social_enrich_tests.dagster_helpers import materialize_days
@@ -77,6 +78,18 @@ def test_every_order_gives_the_same_table_and_each_post_lives_on_its_latest_touc
     assert len(reference) == week.posts
     for name, table in tables.items():
         assert table == reference, f"{name} differs from forward"
+
+
+def test_a_write_in_many_slices_is_one_snapshot_and_the_same_table(catalog, sentiment_job, week, monkeypatch):
+    whole = with_target(sentiment_job, "in_one_slice")
+    run(whole, catalog, [(DAYS[0], DAYS[4])])
+    monkeypatch.setattr(target_table, "APPEND_SLICE_ROWS", 37)  # the 500 posts go to files 37 rows at a time
+    sliced = with_target(sentiment_job, "in_slices")
+    run(sliced, catalog, [(DAYS[0], DAYS[4])])
+    table = catalog.load_table(sliced.connector.target.identifier)
+    assert [s.summary.operation.value for s in table.snapshots()] == ["append"]
+    assert len(list(table.scan().plan_files())) >= week.posts // 37
+    assert content(catalog, sliced) == content(catalog, whole)
 
 
 def test_a_later_touch_moves_the_post_and_its_old_day_no_longer_holds_it(catalog, sentiment_job, week):

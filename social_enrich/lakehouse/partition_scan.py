@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan, LessThanOrEqual
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
+from pyiceberg.table import DataScan, Table
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.types import (
     DateType,
@@ -166,11 +167,20 @@ def _versions(table: Table, key: str, keys: pa.Array, columns: list[str]) -> Ite
     range, the exact match runs in pyarrow on each batch, so only the matching rows are ever kept."""
     key_range = _key_range(keys, key)
     scan = table.scan(row_filter=key_range if key_range is not None else AlwaysTrue(), selected_fields=tuple(columns))
-    reader = scan.to_arrow_batch_reader()
-    position = reader.schema.get_field_index(key)
-    for batch in reader:
-        batch = batch.set_column(position, key, plain(batch[key]))
+    for batch in _batches(scan):
+        batch = batch.set_column(batch.schema.get_field_index(key), key, plain(batch[key]))
         yield batch.filter(pc.is_in(batch[key], value_set=keys))
+
+
+def _batches(scan: DataScan) -> Iterator[pa.RecordBatch]:
+    """The scan's record batches, one file at a time, each batch as Arrow decodes it. pyiceberg 0.12's
+    own ``to_arrow_batch_reader`` decodes every file of the scan up front (``executor.map`` over all
+    files, each into a list) and holds them until read: a whole day in memory, not a batch."""
+    tasks = list(scan.plan_files())
+    target = schema_to_pyarrow(scan.projection())
+    arrow = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
+    for batch in arrow._record_batches_from_scan_tasks_and_deletes(tasks, _read_all_delete_files(scan.io, tasks)):
+        yield batch.cast(target)
 
 
 def _latest_touch(table: Table, ref: TableRef, key: str, keys: pa.Array, stats: SourceStats) -> tuple[pa.Table, set[dt.date]]:
@@ -293,6 +303,7 @@ def read_days(
               for latest in latest_per_source]
     updated = pc.max_element_wise(*micros, skip_nulls=True).cast(UTC_MICROS)
     posts = pa.table({key: touched, UPDATED: updated, PARTITION_DAY: updated.cast(pa.date32())})
+    del touched, micros, updated  # a million posts' bookkeeping is ~100 MB: free it before the fields are read
     in_range = pc.and_(pc.greater_equal(posts[PARTITION_DAY], pa.scalar(first, pa.date32())),
                        pc.less_equal(posts[PARTITION_DAY], pa.scalar(last, pa.date32())))
     later = posts.num_rows - pc.sum(in_range).as_py() if posts.num_rows else 0
@@ -309,11 +320,16 @@ def read_days(
     joined = pa.table({key: keys})
     for table, ref, touches in zip(tables, refs, latest_per_source):
         names = [f.name for f in table.schema().fields if f.name not in joined.column_names and (wanted is None or f.name in wanted)]
+        if not names:
+            continue  # this source adds no column: nothing more to read from it
         latest = _latest_rows(table, ref, key, touches.filter(pc.is_in(touches[key], value_set=keys)), names)
         # Align to the posts; a post missing from this source gets nulls. The first source with a column wins.
         aligned = latest.take(pc.index_in(keys, value_set=latest[key]))
+        del latest
         for name in names:
             joined = joined.append_column(name, aligned[name])
+        del aligned
+    del latest_per_source
     complete = all(keeps_every_version(t) for t in tables)
     return PartitionPosts(
         joined, posts[UPDATED].combine_chunks(), posts[PARTITION_DAY].combine_chunks(), index_type,

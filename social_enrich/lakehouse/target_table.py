@@ -14,6 +14,7 @@ of the days involved, never the whole table.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 import time
 import warnings
@@ -34,7 +35,8 @@ from pyiceberg.exceptions import (
 from pyiceberg.expressions import BooleanExpression, In, NotIn
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+from pyiceberg.table import Table, Transaction
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 from pyiceberg.types import (
     BooleanType,
@@ -52,6 +54,7 @@ from social_enrich.errors import SocialEnrichError
 from social_enrich.lakehouse.keys import plain
 
 PARTITION_DATE = "partition_date"
+APPEND_SLICE_ROWS = 200_000  # rows written to files at a time: bounds the append's copies
 GOOD_STATUSES = ("ok", "filtered")  # answers worth keeping; failed ones are tried again
 TRANSFORMS = {"year": YearTransform(), "month": MonthTransform(), "day": DayTransform(), "hour": HourTransform()}
 _JSON_TYPES: dict[str, IcebergType] = {
@@ -249,9 +252,22 @@ def _write_once(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Tabl
         warnings.filterwarnings("ignore", message="Delete operation did not match any records")
         with table.transaction() as tx:
             tx.delete(In(PARTITION_DATE, replaced))
-            tx.append(final)
+            _append_in_slices(tx, final)
     snapshot = table.current_snapshot()
     return WriteStats(len(keys), moved, snapshot.snapshot_id if snapshot else None, kept_good, attempt)
+
+
+def _append_in_slices(tx: Transaction, rows: pa.Table) -> None:
+    """Append ``rows`` as one snapshot, written to files in slices of APPEND_SLICE_ROWS. pyiceberg's
+    own append copies the whole table several times on the way to its files (the partition split, the
+    file schema), so a day of a million rows would be held three or four times at once."""
+    _check_pyarrow_schema_compatible(tx.table_metadata.schema(), rows.schema, format_version=tx.table_metadata.format_version)
+    files = itertools.count()  # one numbering for the snapshot's files: their names must not repeat
+    with tx.update_snapshot().fast_append() as append:
+        for start in range(0, rows.num_rows, APPEND_SLICE_ROWS):
+            piece = rows.slice(start, APPEND_SLICE_ROWS)
+            for data_file in _dataframe_to_data_files(tx.table_metadata, piece, tx._table.io, append.commit_uuid, files):
+                append.append_data_file(data_file)
 
 
 def _keep_good_answers(rows: pa.Table, old: pa.Table, index: str) -> tuple[pa.Table, int]:
