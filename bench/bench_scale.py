@@ -7,12 +7,15 @@ measured run in a fresh process (building and seeding in processes of their own,
 towards neither time nor memory):
 
 1. write cost vs target size: targets of 100k, 1M and 10M rows built directly with pyarrow and
-   pyiceberg (the built-in sentiment job's schema, rows spread over 365 partition days, 4 appends
-   of contiguous days: one data file per day), then ``write_days`` of one new day of 10,000 posts,
+   pyiceberg (the built-in sentiment job's schema, 4 appends of contiguous days: one data file per
+   day), in two layouts: (A) rows spread over 365 partition days, so the days grow with the target;
+   (B) days of 10,000 rows, so the target grows by days (10, 100, 1,000 days). Then ``write_days`` of one new day of 10,000 posts,
    10% of them existing posts whose rows live on the 2 days before (their earlier versions' days,
    so ``may_live_on`` is the day and those 2, and 1,000 rows move). After one warm-up write per
    target, 3 timed writes per target, interleaved across the targets; each is rolled back to the
-   built snapshot, so all are the same write with the same moves. Median seconds per target.
+   built snapshot, so all are the same write with the same moves. Median seconds per target. The
+   moved posts' old days are rewritten whole (copy-on-write; pyiceberg 0.12 writes no delete
+   files), so in (A) the write grows with the size of those days, not with the table.
 2. peak RSS of enriching a 1,000,000-post day with the local model (VADER): ``enrich_days`` with
    ``LocalProvider(VaderSentimentModel(), Sentiment)``; RSS after imports, the peak at the end of
    each phase, and the seconds per phase.
@@ -52,7 +55,8 @@ FULL = {"targets": (100_000, 1_000_000, 10_000_000), "rss_posts": 1_000_000, "re
 QUICK = {"targets": (10_000, 100_000, 1_000_000), "rss_posts": 200_000, "rerun_posts": 20_000}
 WRITE_POSTS = 10_000  # posts of the new day written into each target
 MOVED_POSTS = 1_000  # of which existing posts, living on the 2 days before: their rows move
-TARGET_DAYS = 365
+TARGET_DAYS = 365  # layout A: a year of days, each day 1/365 of the target
+DAY_ROWS = 10_000  # layout B: days of this many rows, as many as the target holds
 TARGET_APPENDS = 4
 REPEATS = 3
 LABELS = ("positive", "negative", "neutral", "mixed")
@@ -189,9 +193,9 @@ def bulk_rows(table, job, keys, days, rng: random.Random):
     return conform(rows, table)
 
 
-def target_appends(rows: int, start: dt.date):
+def target_appends(rows: int, start: dt.date, n_days: int):
     """(keys, days) of each of the TARGET_APPENDS appends of a ``rows``-row target: rows - MOVED_POSTS
-    spread evenly, in key order, over TARGET_DAYS days from ``start`` (each append a range of days, so
+    spread evenly, in key order, over ``n_days`` days from ``start`` (each append a range of days, so
     each day is one file), plus the MOVED_POSTS highest keys on the last 2 days: the new day's posts
     with earlier versions, so every target has the same moves whatever its size."""
     import pyarrow as pa
@@ -199,15 +203,15 @@ def target_appends(rows: int, start: dt.date):
 
     first = (start - EPOCH).days
     spread = rows - MOVED_POSTS
-    bound = [-(-j * spread // TARGET_DAYS) for j in range(TARGET_DAYS + 1)]  # day j holds keys bound[j] + 1 .. bound[j + 1]
+    bound = [-(-j * spread // n_days) for j in range(n_days + 1)]  # day j holds keys bound[j] + 1 .. bound[j + 1]
     for g in range(TARGET_APPENDS):
-        chosen = range(g * TARGET_DAYS // TARGET_APPENDS, (g + 1) * TARGET_DAYS // TARGET_APPENDS)
+        chosen = range(g * n_days // TARGET_APPENDS, (g + 1) * n_days // TARGET_APPENDS)
         keys = sequence(bound[chosen[0]] + 1, bound[chosen[-1] + 1] - bound[chosen[0]])
         days = pa.concat_arrays([pa.repeat(pa.scalar(first + j, pa.int32()), bound[j + 1] - bound[j]) for j in chosen])
         if g == TARGET_APPENDS - 1:
             moved = sequence(spread + 1, MOVED_POSTS)
             keys = pa.concat_arrays([keys, moved])
-            days = pa.concat_arrays([days, pc.add(pc.bit_wise_and(moved, 1), first + TARGET_DAYS - 2).cast(pa.int32())])
+            days = pa.concat_arrays([days, pc.add(pc.bit_wise_and(moved, 1), first + n_days - 2).cast(pa.int32())])
         yield keys, days
 
 
@@ -221,7 +225,7 @@ def child_build(params: dict) -> dict:
     table = open_target(catalog_at(params["home"]), job, LongType())
     rng = random.Random(11)
     began = time.perf_counter()
-    for keys, days in target_appends(params["rows"], dt.date.fromisoformat(params["start"])):
+    for keys, days in target_appends(params["rows"], dt.date.fromisoformat(params["start"]), params["days"]):
         table.append(bulk_rows(table, job, keys, days, rng))
     rows = table.scan(selected_fields=("post_key",)).count()
     return {"rows": rows, "seconds": time.perf_counter() - began, "files": len(list(table.scan().plan_files()))}
@@ -235,8 +239,7 @@ def child_writes(params: dict) -> dict:
     from social_enrich.lakehouse.target_table import open_target, partition_row_counts, write_days
 
     job = sentiment_job()
-    start = dt.date.fromisoformat(params["start"])
-    new_day = start + dt.timedelta(days=TARGET_DAYS)
+    new_day = dt.date.fromisoformat(params["new_day"])
     may_live_on = [new_day - dt.timedelta(days=2), new_day - dt.timedelta(days=1), new_day]
     rng = random.Random(12)
     targets = {}
@@ -270,19 +273,26 @@ def child_writes(params: dict) -> dict:
             for rows, t in targets.items()}
 
 
-def measure_writes(home: Path, sizes: tuple[int, ...], start: dt.date) -> dict:
-    print(f"1. write cost vs target size: building targets of {', '.join(f'{s:,}' for s in sizes)} rows "
-          f"({TARGET_DAYS} days, {TARGET_APPENDS} appends), one process each ...", flush=True)
+def layout_days(layout: str, rows: int) -> int:
+    return TARGET_DAYS if layout == "A" else max(TARGET_APPENDS, rows // DAY_ROWS)  # an append holds whole days
+
+
+def measure_writes(home: Path, sizes: tuple[int, ...], new_day: dt.date, layout: str) -> dict:
+    shape = f"{TARGET_DAYS} days" if layout == "A" else f"days of {DAY_ROWS:,} rows"
+    print(f"1{layout}. write cost vs target size: building targets of {', '.join(f'{s:,}' for s in sizes)} rows "
+          f"({shape}, {TARGET_APPENDS} appends), one process each ...", flush=True)
     homes = []
     for rows in sizes:
-        target_home = home / f"target_{rows}"
+        target_home = home / f"target_{layout}_{rows}"
         target_home.mkdir()
-        built, _ = run_child("build", {"home": str(target_home), "rows": rows, "start": start.isoformat()})
+        days = layout_days(layout, rows)
+        start = new_day - dt.timedelta(days=days)
+        built, _ = run_child("build", {"home": str(target_home), "rows": rows, "start": start.isoformat(), "days": days})
         print(f"   {built['rows']:>11,} rows: {built['files']} data files, appended in {built['seconds']:.1f} s", flush=True)
         homes.append([rows, str(target_home)])
     print(f"   timing write_days of {WRITE_POSTS:,} posts ({MOVED_POSTS:,} moving from 2 earlier days): one warm-up and "
           f"{REPEATS} rounds across the targets, each write rolled back ...", flush=True)
-    timed, _ = run_child("writes", {"home": str(home), "targets": homes, "start": start.isoformat()})
+    timed, _ = run_child("writes", {"home": str(home), "targets": homes, "new_day": new_day.isoformat()})
     return {int(rows): figures for rows, figures in timed.items()}
 
 
@@ -412,19 +422,21 @@ def report(args: argparse.Namespace, writes: dict | None, rss: dict | None, reru
     summary = []
     print()
     print(f"== bench_scale{' --quick' if args.quick else ''}: {os.cpu_count()} CPU(s) ==")
-    if writes:
-        print(f"1. write_days of one {WRITE_POSTS:,}-post day ({MOVED_POSTS:,} rows moving from 2 earlier days) "
-              f"vs target size; median of {REPEATS}, after a warm-up")
-        print(f"   {'target rows':>12}  {'median s':>8}  {'runs (s)':<20}  {'warm-up':>7}  {'rows rewritten':>14}  {'load table':>10}")
-        for rows, w in writes.items():
+    for layout, figures in (writes or {}).items():
+        shape = (f"a year of days ({TARGET_DAYS}): the days grow with the target" if layout == "A"
+                 else f"days of {DAY_ROWS:,} rows: the target grows by days")
+        print(f"1{layout}. write_days of one {WRITE_POSTS:,}-post day ({MOVED_POSTS:,} rows moving from 2 earlier days) "
+              f"vs target size, {shape}; median of {REPEATS}, after a warm-up")
+        print(f"   {'target rows':>12}  {'days':>5}  {'median s':>8}  {'runs (s)':<20}  {'warm-up':>7}  {'rows rewritten':>14}  {'load table':>10}")
+        for rows, w in figures.items():
             runs = ", ".join(f"{s:.2f}" for s in w["seconds"])
-            print(f"   {rows:>12,}  {statistics.median(w['seconds']):>8.2f}  {runs:<20}  {w['warmup']:>7.2f}  "
-                  f"{w['rewritten_rows']:>14,}  {w['open']:>9.2f}s")
-        smallest, largest = min(writes), max(writes)
-        ratio = statistics.median(writes[largest]["seconds"]) / statistics.median(writes[smallest]["seconds"])
+            print(f"   {rows:>12,}  {layout_days(layout, rows):>5}  {statistics.median(w['seconds']):>8.2f}  {runs:<20}  "
+                  f"{w['warmup']:>7.2f}  {w['rewritten_rows']:>14,}  {w['open']:>9.2f}s")
+        smallest, largest = min(figures), max(figures)
+        ratio = statistics.median(figures[largest]["seconds"]) / statistics.median(figures[smallest]["seconds"])
         print(f"   largest/smallest ({largest:,} / {smallest:,} rows) = {ratio:.2f}x (goal <= {GOAL_WRITE_RATIO:g}x) "
               f"{verdict(ratio <= GOAL_WRITE_RATIO)}")
-        summary.append((f"write, {largest:,} vs {smallest:,}-row target", f"{ratio:.2f}x", f"<= {GOAL_WRITE_RATIO:g}x",
+        summary.append((f"write {layout}, {largest:,} vs {smallest:,}-row target", f"{ratio:.2f}x", f"<= {GOAL_WRITE_RATIO:g}x",
                         ratio <= GOAL_WRITE_RATIO))
     if rss:
         base, peak = rss["after_imports"], rss["peak"]
@@ -499,7 +511,7 @@ def main() -> int:
     os.environ.update(SOCIAL_ENRICH_HOME=str(root), SOCIAL_ENRICH_START_DATE=day.isoformat())
     began = time.perf_counter()
     try:
-        writes = measure_writes(homes[1], sizes["targets"], day - dt.timedelta(days=TARGET_DAYS)) if 1 in wanted else None
+        writes = {layout: measure_writes(homes[1], sizes["targets"], day, layout) for layout in "AB"} if 1 in wanted else None
         rss = measure_rss(homes[2], sizes["rss_posts"], day) if 2 in wanted else None
         rerun = measure_rerun(homes[3], sizes["rerun_posts"], day) if 3 in wanted else None
         report(args, writes, rss, rerun)

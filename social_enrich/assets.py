@@ -32,7 +32,7 @@ from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig, JobConfigError, TableRef
 from social_enrich.batch_enrichment import forget_written_days, submit_days
-from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
+from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
 from social_enrich.errors import SocialEnrichError
 from social_enrich.graceful_stop import stop_between_chunks
 from social_enrich.resources import AwsLambdaResource, AzureOpenAIResource
@@ -150,7 +150,7 @@ def _submit_batch(
 
 def _run_in_lambda(
     context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, aws_lambda: AwsLambdaResource
-) -> Iterator[MaterializeResult]:
+) -> Iterator[MaterializeResult | AssetMaterialization]:
     """Invoke the job's Lambda through Dagster Pipes: it reports its logs, metadata and materialization back."""
     settings = job.execution.aws_lambda
     reader = None
@@ -158,8 +158,25 @@ def _run_in_lambda(
         reader = PipesS3MessageReader(bucket=settings.messages_bucket, client=boto3.client("s3"), interval=2)
     pipes = PipesLambdaClient(client=aws_lambda.client(), message_reader=reader)
     context.log.info(f"job '{job.name}': invoking Lambda {settings.function_name} through Dagster Pipes")
-    invocation = pipes.run(function_name=str(settings.function_name), event={"job": job.name, "drop": config.drop}, context=context)
-    yield from invocation.get_results()  # type: ignore[misc]
+    days = context.partition_key_range
+    if days.start != days.end and not settings.messages_bucket:
+        raise Failure(description=(
+            f"job '{job.name}': a run of several days ({days.start}..{days.end}) in Lambda reports each day's figures, more "
+            "than the 4 KB log tail Lambda returns can carry; set execution.aws_lambda.messages_bucket (Pipes messages "
+            "through S3), or run one day per run"), allow_retries=False)
+    # The range goes in the event too: Dagster 1.13 puts it in the Pipes context only for a run of one day.
+    event = {"job": job.name, "drop": config.drop, "first": days.start, "last": days.end}
+    invocation = pipes.run(function_name=str(settings.function_name), event=event, context=context)
+    for result in invocation.get_results():
+        per_day = (result.metadata or {}).get(PER_DAY)
+        if per_day is None:  # one day: its figures are the run's
+            yield result  # type: ignore[misc]
+            continue
+        # A Pipes step must yield its result, and a result counts for every day of the range; so it
+        # says only which days the run covered, and each day's own materialization follows it.
+        yield MaterializeResult(asset_key=result.asset_key, metadata={"run_days": f"{days.start}..{days.end}"})
+        for day, summary in per_day.value.items():
+            yield AssetMaterialization(asset_key=AssetKey(job.asset_name), partition=day, metadata=_metadata(summary))
 
 
 def _materialize(

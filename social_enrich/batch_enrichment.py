@@ -105,7 +105,7 @@ def submit_days(
         if cache is not None:
             cache.close()
     with BatchStore(batch_store_path()) as store:
-        store.queue_days(job.name, days_between(first, last), queued)
+        store.queue_days(job.name, days_between(first, last), queued, posts.version_days if posts.versions_complete else None)
         report.batches, report.requests = send_unsent(job, store, client, log)
     return report
 
@@ -208,7 +208,7 @@ def collect_batches(job: JobConfig, catalog: Catalog, client: AzureBatchClient, 
             store.hand_to_realtime(job.name, {p.day for p in requeued})
         report.batches_submitted, _ = send_unsent(job, store, client, log)
         for day in store.complete_days(job.name):
-            report.days_written.append(_write_day(job, catalog, store, day))
+            report.days_written.append(_write_day(job, catalog, store, day, now.date(), log))
             store.forget_days(job.name, [day])  # only after the write committed
         # Until their realtime run forgets them, these days are requested again (under the same run key).
         report.days_for_realtime = store.realtime_days(job.name)
@@ -223,7 +223,7 @@ def forget_written_days(job: JobConfig, days: list[dt.date]) -> None:
             store.forget_days(job.name, days)
 
 
-def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date) -> DayWritten:
+def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date, today: dt.date, log: logging.Logger) -> DayWritten:
     posts = store.day_posts(job.name, day, job.response_model)
     results = [p.result for p in posts]
     keys = pa.array([p.key for p in posts])
@@ -231,7 +231,14 @@ def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date
     hashes, truncated = [p.input_hash for p in posts], [p.truncated for p in posts]
     rows = result_rows(job, pa.array([day] * len(posts), pa.date32()), job.inference.model, keys, updated, hashes, truncated, results)  # type: ignore[arg-type]
     index_type = load_table(catalog, job.connector.source.tables[0].identifier).schema().find_field(job.index_field).field_type
-    written = write_days(open_target(catalog, job, index_type), job, [day], rows)
+    may_live_on = store.day_may_live_on(job.name, day)
+    if may_live_on is not None:
+        # While the batch ran, a post may have been touched again and written to a later day: look there too.
+        may_live_on += days_between(day + dt.timedelta(days=1), today)
+    written = write_days(open_target(catalog, job, index_type), job, [day], rows, may_live_on=may_live_on, later_rows_stay=True)
+    if written.superseded:
+        log.info("%s: %d posts were touched again since the batch was sent and live on a later day; their row there stays",
+                 day, written.superseded)
     labels = Counter(getattr(r.response, "label", None) for r in results if r is not None and r.response is not None)
     labels.pop(None, None)
     return DayWritten(day, Counter(r.status for r in results if r is not None), labels, store.day_usage(job.name, day), written.snapshot_id)

@@ -619,6 +619,9 @@ def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, tar
     }
 
 
+PER_DAY = "per_day"  # a summary's entry with each day's own figures (day_summary) by ISO day: the Lambda sends it
+
+
 def day_summary(job: JobConfig, report: EnrichmentReport, day: dt.date, seconds: float, target_rows: int | None) -> dict[str, Any]:
     """One day's own figures: what its materialization reports (rows, statuses, labels, its share of the
     cost). Figures of the run as a whole (rows read, time, moves) come with it only when the run is that

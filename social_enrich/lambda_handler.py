@@ -45,7 +45,7 @@ from dagster_pipes import (
 )
 
 from social_enrich.config import JobConfig, JobConfigError, discover_job_configs
-from social_enrich.enrichment import EnrichmentReport, PartitionFailedError, enrich_days, report_summary
+from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAISettings, EndpointRejectedError
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.selection import build_provider
@@ -138,7 +138,13 @@ def run_job(job: JobConfig, first: dt.date, last: dt.date, drop: bool, budget: B
             chunk_posts=job.execution.aws_lambda.chunk_posts,
         )
     target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
-    return report, report_summary(job, report, time.perf_counter() - started, target_rows)
+    seconds = time.perf_counter() - started
+    summary = report_summary(job, report, seconds, target_rows)
+    if first == last:  # the run's figures, and what only a day has (labels/<label>, dagster/row_count)
+        return report, {**day_summary(job, report, first, seconds, target_rows), **summary}
+    # Each day's own figures too, for the asset to record one materialization per day (Pipes reports one).
+    per_day = {day.isoformat(): day_summary(job, report, day, seconds, target_rows) for day in days_between(first, last)}
+    return report, {**summary, PER_DAY: per_day}
 
 
 # Dagster Pipes
@@ -156,7 +162,8 @@ def run_for_pipes(event: Mapping[str, Any], context: LambdaContext) -> dict[str,
     pipes = PipesContext(PipesMappingParamsLoader(event), PipesDefaultContextLoader(), _message_writer(event))
     PipesContext.set(pipes)
     with pipes:
-        keys = pipes.partition_key_range
+        # The asset sends the range in the event: Pipes carries it only for a run of one day.
+        keys = {"start": event["first"], "end": event["last"]} if "first" in event else pipes.partition_key_range
         first, last = dt.date.fromisoformat(keys["start"]), dt.date.fromisoformat(keys["end"])
         job = find_job(str(event.get("job", "")))
         pipes.log.info(f"Lambda {context.aws_request_id}: job {job.name}, {first}..{last}")

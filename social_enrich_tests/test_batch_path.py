@@ -4,6 +4,7 @@ the emulator's Files and Batches endpoints on loopback, with a real catalog and 
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from social_enrich.inference.batch_store import BatchStore
 from social_enrich.lakehouse.partition_scan import read_partition
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, comparable, read_target
+from social_enrich_tests.gold_tables import append_rows, latest_touch_days
 
 DAYS = ["2026-11-01", "2026-11-02"]
 ASSET = "social_media_sentiment"
@@ -100,6 +102,43 @@ def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emula
     before = emulator.stats["requests"]
     assert realtime_target(tmp_path, instance, catalog, defs) == batch_rows
     assert emulator.stats["requests"] == before
+
+
+def test_a_post_touched_again_while_its_batch_waits_stays_on_its_later_day(emulator, seeded, catalog, instance, tmp_path):
+    defs = defs_with(tmp_path)
+    first, second = (dt.date.fromisoformat(d) for d in DAYS)
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)  # queued: the answers are not in yet
+    with BatchStore(batch_store_path()) as store:
+        assert first in store.day_may_live_on("sentiment", first)  # the days its posts' versions were written on
+    # Meanwhile gold touches one of the day's posts again, on the next day, and that day is run realtime.
+    fact = catalog.load_table("gold.fact_social_media_reaction_post")
+    rows = fact.scan().to_arrow().to_pylist()
+    moved = next(r["post_key"] for r in rows if latest_touch_days(catalog)[r["post_key"]] == first)
+    latest = max((r for r in rows if r["post_key"] == moved), key=lambda r: r["last_update_time"])
+    append_rows(fact, [{**latest, "last_update_time": dt.datetime(2026, 11, 2, 12, tzinfo=dt.timezone.utc)}])
+    materialize_day(instance, DAYS[1], defs=defs, run_config={"ops": {ASSET: {"config": {"batch": False}}}})
+
+    poll(defs, instance, until_days=1)  # the batch lands and its day is written
+
+    target = read_target(catalog)
+    keys = target["post_key"].to_pylist()
+    assert len(keys) == len(set(keys))
+    where = dict(zip(keys, target["partition_date"].to_pylist()))
+    assert where[moved] == second  # its latest touch: the batch's answer for the day before did not pull it back
+    assert where == {k: d for k, d in latest_touch_days(catalog).items() if d in (first, second)}
+
+
+def test_a_store_from_before_may_live_on_opens_and_its_days_may_be_anywhere(tmp_path):
+    path = tmp_path / "batches.db"
+    with sqlite3.connect(path) as db:  # the days table as it was
+        db.execute("CREATE TABLE days (job TEXT NOT NULL, day TEXT NOT NULL, posts INTEGER NOT NULL, queued_at TEXT NOT NULL,"
+                   " realtime INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job, day))")
+        db.execute("INSERT INTO days VALUES ('sentiment', '2026-11-01', 3, '2026-11-02T00:00:00+00:00', 0)")
+    with BatchStore(path) as store:
+        assert store.open_days("sentiment") == [dt.date(2026, 11, 1)]
+        assert store.day_may_live_on("sentiment", dt.date(2026, 11, 1)) is None  # unknown: the write looks everywhere
+        store.queue_days("sentiment", [dt.date(2026, 11, 3)], [], may_live_on=[dt.date(2026, 11, 3), dt.date(2026, 10, 30)])
+        assert store.day_may_live_on("sentiment", dt.date(2026, 11, 3)) == [dt.date(2026, 10, 30), dt.date(2026, 11, 3)]
 
 
 @pytest.mark.parametrize("outcome", ["expired", "error_lines", "failed"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import io
 import json
 from typing import Any
@@ -18,9 +19,10 @@ import dagster as dg
 import pytest
 
 from social_enrich.definitions import build_definitions
+from social_enrich.enrichment import PER_DAY
 from social_enrich.lambda_handler import handler
 from social_enrich.resources import AwsLambdaResource
-from social_enrich_tests.dagster_helpers import materialization_metadata, materialize_day
+from social_enrich_tests.dagster_helpers import materialization_metadata, materialize_day, materialize_days
 from social_enrich_tests.lambda_deployment import DAY, Deployment, ScriptedContext, deployment, emulator  # noqa: F401
 from social_enrich_tests.moto_aws import aws_env, moto_url  # noqa: F401 (fixtures)
 
@@ -42,6 +44,33 @@ def test_a_partition_runs_in_lambda_and_reports_back_through_the_log_tail(deploy
     logs = pipes_logs(instance, result.run_id)
     assert any("invoking Lambda social-enrich through Dagster Pipes" in m for m in logs)
     assert any(f"job sentiment, {DAY}..{DAY}" in m for m in logs)  # a log line sent by the function
+
+
+def test_a_range_run_in_lambda_gives_each_day_its_own_materialization(deployment: Deployment, instance, monkeypatch):
+    monkeypatch.setenv("SOCIAL_ENRICH_LAMBDA_LOCAL", "1")
+    days = [DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)]
+    with pytest.raises(dg.Failure, match="4 KB log tail .* set execution.aws_lambda.messages_bucket"):
+        materialize_days(instance, days[0], days[-1])  # each day's figures would not fit, so nothing is run
+    assert deployment.emulator.stats["requests"] == 0
+    monkeypatch.setenv("SOCIAL_ENRICH_PIPES_BUCKET", deployment.bucket)
+
+    result = materialize_days(instance, days[0], days[-1])
+
+    events: dict[str, dict] = {}
+    for e in result.asset_materializations_for_node("social_media_sentiment"):
+        events[e.partition] = {k: v.value for k, v in e.metadata.items()}  # each day's latest: its own figures
+    assert sorted(events) == [d.isoformat() for d in days]
+    rows = deployment.target().to_pylist()
+    for day in days:
+        meta = events[day.isoformat()]
+        on_day = [r for r in rows if r["partition_date"] == day]
+        assert meta["posts_touched"] == meta["dagster/partition_row_count"] == len(on_day) == len(deployment.posts_on(day))
+        assert meta["posts_scored"] == sum(r["status"] == "ok" for r in on_day)
+        assert meta["table_row_count"] == len(rows) and meta["run_days"] == f"{days[0]}..{days[-1]}"
+        assert PER_DAY not in meta
+    assert len({events[d.isoformat()]["posts_touched"] for d in days}) > 1  # different days, different figures
+    shares = sum(events[d.isoformat()]["llm/requests"] for d in days)  # each day's share, rounded
+    assert abs(shares - deployment.emulator.stats["requests"]) <= len(days)
 
 
 def test_pipes_messages_can_go_through_s3(deployment: Deployment, instance, monkeypatch):

@@ -28,6 +28,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS days (
     job TEXT NOT NULL, day TEXT NOT NULL, posts INTEGER NOT NULL, queued_at TEXT NOT NULL,
     realtime INTEGER NOT NULL DEFAULT 0,  -- handed to a realtime run, which forgets the day when done
+    may_live_on TEXT,  -- JSON list of the days the posts' target rows can be on now; NULL: any day
     PRIMARY KEY (job, day));
 CREATE TABLE IF NOT EXISTS posts (
     job TEXT NOT NULL, day TEXT NOT NULL, post_key TEXT NOT NULL, update_time TEXT, input_hash TEXT NOT NULL,
@@ -80,6 +81,9 @@ class BatchStore:
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(days)")}
+        if "may_live_on" not in columns:  # a store written before the column existed: its days may be anywhere
+            self._db.execute("ALTER TABLE days ADD COLUMN may_live_on TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -92,8 +96,13 @@ class BatchStore:
 
     # -- days and posts -------------------------------------------------------------------------
 
-    def queue_days(self, job: str, days: Sequence[dt.date], posts: Iterable[QueuedPost]) -> None:
-        """Replace whatever was queued for these days with ``posts`` (a re-submitted day starts over)."""
+    def queue_days(
+        self, job: str, days: Sequence[dt.date], posts: Iterable[QueuedPost], may_live_on: Iterable[dt.date] | None = None
+    ) -> None:
+        """Replace whatever was queued for these days with ``posts`` (a re-submitted day starts over).
+        ``may_live_on``: the days the posts' rows can be on in the target now (None: any day), so that
+        writing a day reads only those partitions."""
+        where = json.dumps(sorted(d.isoformat() for d in may_live_on)) if may_live_on is not None else None
         rows = [
             (job, p.day.isoformat(), json.dumps(p.key), p.update_time.isoformat() if p.update_time else None,
              p.input_hash, int(p.truncated), json.dumps(p.fields, default=str, ensure_ascii=False), *_result_columns(p.result))
@@ -106,7 +115,8 @@ class BatchStore:
             self._db.execute("BEGIN IMMEDIATE")
             for day, n in counts.items():
                 self._db.execute("DELETE FROM posts WHERE job = ? AND day = ?", (job, day))
-                self._db.execute("INSERT OR REPLACE INTO days (job, day, posts, queued_at) VALUES (?, ?, ?, ?)", (job, day, n, _now()))
+                self._db.execute("INSERT OR REPLACE INTO days (job, day, posts, queued_at, may_live_on) VALUES (?, ?, ?, ?, ?)",
+                                 (job, day, n, _now(), where))
             self._db.executemany(
                 "INSERT INTO posts (job, day, post_key, update_time, input_hash, truncated, fields, status, response, error)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -206,6 +216,11 @@ class BatchStore:
         """(day, when it was queued) of the days waiting for a realtime run."""
         rows = self._db.execute("SELECT day, queued_at FROM days WHERE job = ? AND realtime = 1 ORDER BY day", (job,))
         return [(dt.date.fromisoformat(day), queued_at) for day, queued_at in rows]
+
+    def day_may_live_on(self, job: str, day: dt.date) -> list[dt.date] | None:
+        """The days the queued day's posts can have target rows on (None: unknown, any day)."""
+        row = self._db.execute("SELECT may_live_on FROM days WHERE job = ? AND day = ?", (job, day.isoformat())).fetchone()
+        return [dt.date.fromisoformat(d) for d in json.loads(row[0])] if row and row[0] is not None else None
 
     def day_posts(self, job: str, day: dt.date, response_model: type[BaseModel]) -> list[QueuedPost]:
         rows = self._db.execute(

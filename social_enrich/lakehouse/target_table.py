@@ -175,6 +175,7 @@ class WriteStats:
     kept_good: int = 0  # posts whose new attempt failed, kept with their earlier good answer to the same input
     commit_attempts: int = 1
     committed: bool = True  # False: nothing had changed, so nothing was written
+    superseded: int = 0  # posts the target already holds on a later day (touched again since): that row stays
 
 
 def conform(rows: pa.Table, table: Table) -> pa.Table:
@@ -200,19 +201,23 @@ COMMIT_ATTEMPTS = 10  # a lost commit race is re-applied on the refreshed table 
 
 
 def write_days(
-    table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, *, may_live_on: Iterable[dt.date] | None = None
+    table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, *, may_live_on: Iterable[dt.date] | None = None,
+    later_rows_stay: bool = False,
 ) -> WriteStats:
     """Write ``rows`` (each carrying its partition_date, one of ``days``) in one commit: each post's new
     row replaces its old one, on whichever day that lived; the days' rows of other posts stay.
 
     ``may_live_on``: the days the posts' old rows can be on (the days their source versions were
     written, see partition_scan.read_days), so only those partitions are read, not the whole table;
-    None reads the index column of every other day. A commit that loses a race with another writer is
-    re-applied on the refreshed table, so concurrent runs of different days (or the same) all land."""
+    None reads the index column of every other day. ``later_rows_stay``: a post found on a day after
+    ``days`` keeps that row and this one is dropped (``superseded``), for rows read long before they
+    are written (a batch), whose posts may have been touched again since. A commit that loses a race
+    with another writer is re-applied on the refreshed table, so concurrent runs of different days (or
+    the same) all land."""
     rows = conform(rows, table)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            return _write_once(table, job, days, rows, may_live_on, attempt)
+            return _write_once(table, job, days, rows, may_live_on, later_rows_stay, attempt)
         except (CommitFailedException, ValidationException):
             # Lost a race: another writer committed first (pyiceberg's own retries rebase our commit,
             # and refuse it when the other one added rows to the days we replace). Re-read, re-apply.
@@ -223,7 +228,9 @@ def write_days(
     raise AssertionError("unreachable")
 
 
-def _write_once(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, may_live_on: Iterable[dt.date] | None, attempt: int) -> WriteStats:
+def _write_once(
+    table: Table, job: JobConfig, days: list[dt.date], rows: pa.Table, may_live_on: Iterable[dt.date] | None, later_rows_stay: bool, attempt: int
+) -> WriteStats:
     index = job.connector.target.index_field
     keys = plain(rows[index])
     written = sorted({d.isoformat() for d in days})
@@ -234,10 +241,17 @@ def _write_once(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Tabl
         candidates = sorted({d.isoformat() for d in may_live_on} - set(written))
         where = In(PARTITION_DATE, candidates) if candidates else None
     other_days: list[str] = []
-    moved = 0
+    moved = superseded = 0
     if where is not None:
         held = table.scan(row_filter=where, selected_fields=(index, PARTITION_DATE)).to_arrow()
         held = held.filter(pc.is_in(plain(held[index]), value_set=keys))
+        later = pc.greater(held[PARTITION_DATE], pa.scalar(max(days), pa.date32()))
+        if later_rows_stay and pc.any(later).as_py():
+            newer = plain(held.filter(later)[index])
+            superseded = len(newer)
+            rows = rows.filter(pc.invert(pc.is_in(plain(rows[index]), value_set=newer)))
+            keys = plain(rows[index])
+            held = held.filter(pc.invert(later))
         moved = held.num_rows
         other_days = [d.isoformat() for d in sorted(set(held[PARTITION_DATE].to_pylist()))]
     # 2. Those days and the written ones are rewritten whole: pyiceberg drops files by partition and
@@ -254,7 +268,7 @@ def _write_once(table: Table, job: JobConfig, days: list[dt.date], rows: pa.Tabl
             tx.delete(In(PARTITION_DATE, replaced))
             _append_in_slices(tx, final)
     snapshot = table.current_snapshot()
-    return WriteStats(len(keys), moved, snapshot.snapshot_id if snapshot else None, kept_good, attempt)
+    return WriteStats(len(keys), moved, snapshot.snapshot_id if snapshot else None, kept_good, attempt, superseded=superseded)
 
 
 def _append_in_slices(tx: Transaction, rows: pa.Table) -> None:
