@@ -7,8 +7,8 @@ measured run in a fresh process (building and seeding in processes of their own,
 towards neither time nor memory):
 
 1. write cost vs target size: targets of 100k, 1M and 10M rows built directly with pyarrow and
-   pyiceberg (the built-in sentiment job's schema, 4 appends of contiguous days: one data file per
-   day), in two layouts: (A) rows spread over 365 partition days, so the days grow with the target;
+   pyiceberg (the built-in sentiment job's schema, appends of 10 contiguous days: one data file per
+   day; then maintained as the daily maintenance job does: manifests merged, snapshots expired), in two layouts: (A) rows spread over 365 partition days, so the days grow with the target;
    (B) days of 10,000 rows, so the target grows by days (10, 100, 1,000 days). Then ``write_days`` of one new day of 10,000 posts,
    10% of them existing posts whose rows live on the 2 days before (their earlier versions' days,
    so ``may_live_on`` is the day and those 2, and 1,000 rows move). After one warm-up write per
@@ -57,7 +57,7 @@ WRITE_POSTS = 10_000  # posts of the new day written into each target
 MOVED_POSTS = 1_000  # of which existing posts, living on the 2 days before: their rows move
 TARGET_DAYS = 365  # layout A: a year of days, each day 1/365 of the target
 DAY_ROWS = 10_000  # layout B: days of this many rows, as many as the target holds
-TARGET_APPENDS = 4
+DAYS_PER_APPEND = 10  # the targets are built 10 days per append, then maintained (merged, expired)
 REPEATS = 3
 LABELS = ("positive", "negative", "neutral", "mixed")
 API_KEY = "bench-key-not-secret"
@@ -194,7 +194,7 @@ def bulk_rows(table, job, keys, days, rng: random.Random):
 
 
 def target_appends(rows: int, start: dt.date, n_days: int):
-    """(keys, days) of each of the TARGET_APPENDS appends of a ``rows``-row target: rows - MOVED_POSTS
+    """(keys, days) of each append of a ``rows``-row target, DAYS_PER_APPEND days each: rows - MOVED_POSTS
     spread evenly, in key order, over ``n_days`` days from ``start`` (each append a range of days, so
     each day is one file), plus the MOVED_POSTS highest keys on the last 2 days: the new day's posts
     with earlier versions, so every target has the same moves whatever its size."""
@@ -204,11 +204,12 @@ def target_appends(rows: int, start: dt.date, n_days: int):
     first = (start - EPOCH).days
     spread = rows - MOVED_POSTS
     bound = [-(-j * spread // n_days) for j in range(n_days + 1)]  # day j holds keys bound[j] + 1 .. bound[j + 1]
-    for g in range(TARGET_APPENDS):
-        chosen = range(g * n_days // TARGET_APPENDS, (g + 1) * n_days // TARGET_APPENDS)
+    appends = -(-n_days // DAYS_PER_APPEND)
+    for g in range(appends):
+        chosen = range(g * DAYS_PER_APPEND, min((g + 1) * DAYS_PER_APPEND, n_days))
         keys = sequence(bound[chosen[0]] + 1, bound[chosen[-1] + 1] - bound[chosen[0]])
         days = pa.concat_arrays([pa.repeat(pa.scalar(first + j, pa.int32()), bound[j + 1] - bound[j]) for j in chosen])
-        if g == TARGET_APPENDS - 1:
+        if g == appends - 1:
             moved = sequence(spread + 1, MOVED_POSTS)
             keys = pa.concat_arrays([keys, moved])
             days = pa.concat_arrays([days, pc.add(pc.bit_wise_and(moved, 1), first + n_days - 2).cast(pa.int32())])
@@ -216,9 +217,12 @@ def target_appends(rows: int, start: dt.date, n_days: int):
 
 
 def child_build(params: dict) -> dict:
-    """Build one target of params['rows'] rows in TARGET_APPENDS appends of contiguous days."""
+    """Build one target of params['rows'] rows in appends of DAYS_PER_APPEND contiguous days, then
+    maintain it as the daily maintenance job would: manifests merged, the build's snapshots expired."""
     from pyiceberg.types import LongType
 
+    from social_enrich.config import MaintenanceConfig
+    from social_enrich.lakehouse.maintenance import run_maintenance
     from social_enrich.lakehouse.target_table import open_target
 
     job = sentiment_job()
@@ -227,8 +231,12 @@ def child_build(params: dict) -> dict:
     began = time.perf_counter()
     for keys, days in target_appends(params["rows"], dt.date.fromisoformat(params["start"]), params["days"]):
         table.append(bulk_rows(table, job, keys, days, rng))
+    appended = time.perf_counter() - began
+    run_maintenance(table, MaintenanceConfig(expire_snapshots_older_than_days=0, retain_last_snapshots=1),
+                    dt.datetime.now(dt.timezone.utc))
     rows = table.scan(selected_fields=("post_key",)).count()
-    return {"rows": rows, "seconds": time.perf_counter() - began, "files": len(list(table.scan().plan_files()))}
+    return {"rows": rows, "seconds": appended, "files": len(list(table.scan().plan_files())),
+            "manifests": len(table.current_snapshot().manifests(table.io))}
 
 
 def child_writes(params: dict) -> dict:
@@ -274,13 +282,13 @@ def child_writes(params: dict) -> dict:
 
 
 def layout_days(layout: str, rows: int) -> int:
-    return TARGET_DAYS if layout == "A" else max(TARGET_APPENDS, rows // DAY_ROWS)  # an append holds whole days
+    return TARGET_DAYS if layout == "A" else rows // DAY_ROWS
 
 
 def measure_writes(home: Path, sizes: tuple[int, ...], new_day: dt.date, layout: str) -> dict:
     shape = f"{TARGET_DAYS} days" if layout == "A" else f"days of {DAY_ROWS:,} rows"
     print(f"1{layout}. write cost vs target size: building targets of {', '.join(f'{s:,}' for s in sizes)} rows "
-          f"({shape}, {TARGET_APPENDS} appends), one process each ...", flush=True)
+          f"({shape}, {DAYS_PER_APPEND} days per append, then maintained), one process each ...", flush=True)
     homes = []
     for rows in sizes:
         target_home = home / f"target_{layout}_{rows}"
@@ -288,7 +296,8 @@ def measure_writes(home: Path, sizes: tuple[int, ...], new_day: dt.date, layout:
         days = layout_days(layout, rows)
         start = new_day - dt.timedelta(days=days)
         built, _ = run_child("build", {"home": str(target_home), "rows": rows, "start": start.isoformat(), "days": days})
-        print(f"   {built['rows']:>11,} rows: {built['files']} data files, appended in {built['seconds']:.1f} s", flush=True)
+        print(f"   {built['rows']:>11,} rows: {built['files']} data files in {built['manifests']} manifests, "
+              f"appended in {built['seconds']:.1f} s", flush=True)
         homes.append([rows, str(target_home)])
     print(f"   timing write_days of {WRITE_POSTS:,} posts ({MOVED_POSTS:,} moving from 2 earlier days): one warm-up and "
           f"{REPEATS} rounds across the targets, each write rolled back ...", flush=True)

@@ -236,6 +236,11 @@ class MaintenanceConfig(_Strict):
     )
     compact_files_smaller_than_mb: float = Field(default=64, gt=0, description="A data file below this size counts as small.")
     merge_manifests_when_over: int = Field(default=4, ge=1, description="Merge the manifests when there are more than this.")
+    merged_manifest_kb: int = Field(
+        default=32, ge=1,
+        description="Merge manifests into ones of at most this size (about 60 daily files): a write that replaces a "
+                    "day rewrites the manifest that lists it, so a merged manifest must stay small, not grow with the table.",
+    )
 
 
 class JobConfig(_Strict):

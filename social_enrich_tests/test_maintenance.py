@@ -233,7 +233,7 @@ def test_merging_manifests_keeps_the_data_and_the_table_properties(catalog, smal
     before = content(small_files)
     assert len(small_files.current_snapshot().manifests(small_files.io)) == 20
 
-    result = merge_manifests(small_files, when_over=4)
+    result = merge_manifests(small_files, when_over=4, target_bytes=8 * 1024 * 1024)  # room for all twenty
 
     reloaded = catalog.load_table(TARGET)
     assert (result.manifests_before, result.manifests_after) == (20, 1)
@@ -242,6 +242,20 @@ def test_merging_manifests_keeps_the_data_and_the_table_properties(catalog, smal
     assert reloaded.properties.get("commit.manifest.min-count-to-merge") == "50"  # restored
     assert "commit.manifest-merge.enabled" not in reloaded.properties  # was unset, unset again
     assert merge_manifests(reloaded, when_over=4).manifests_after == 1  # nothing to do
+
+
+def test_merged_manifests_stay_under_their_target_size(catalog, small_files):
+    before = content(small_files)
+    sizes = [m.manifest_length for m in small_files.current_snapshot().manifests(small_files.io)]
+    target = sum(sorted(sizes)[:5])  # room for about five of the twenty
+
+    result = merge_manifests(small_files, when_over=4, target_bytes=target)
+
+    reloaded = catalog.load_table(TARGET)
+    merged = reloaded.current_snapshot().manifests(reloaded.io)
+    assert result.manifests_before == 20 and 3 <= result.manifests_after == len(merged) < 20
+    assert content(reloaded) == before
+    assert "commit.manifest.target-size-bytes" not in reloaded.properties  # set for the merge only
 
 
 def test_run_maintenance_does_all_three_with_the_configured_settings(catalog, small_files):

@@ -45,7 +45,8 @@ MB = 1024 * 1024
 T = TypeVar("T")
 # Marks maintenance commits in the snapshot summary, so they are not mistaken for enrichment writes.
 MAINTENANCE_PROPERTY = "social-enrich.maintenance"
-_MERGE_PROPERTIES = (TableProperties.MANIFEST_MERGE_ENABLED, TableProperties.MANIFEST_MIN_MERGE_COUNT)
+_MERGE_PROPERTIES = (TableProperties.MANIFEST_MERGE_ENABLED, TableProperties.MANIFEST_MIN_MERGE_COUNT,
+                     TableProperties.MANIFEST_TARGET_SIZE_BYTES)
 
 
 class CompactionConflictError(CommitFailedException):
@@ -238,9 +239,11 @@ def _overwrite(table: Table, data: pa.Table, where: BooleanExpression, partition
 # --- Manifests ---------------------------------------------------------------------------------
 
 
-def merge_manifests(table: Table, when_over: int = 4) -> ManifestResult:
-    """Merge the current snapshot's data manifests (up to the table's manifest target size each) when
-    there are more than ``when_over``: every write adds one, and every scan plan reads them all."""
+def merge_manifests(table: Table, when_over: int = 4, target_bytes: int = 32 * 1024) -> ManifestResult:
+    """Merge the current snapshot's data manifests, in write order, into ones of up to ``target_bytes``
+    when there are more than ``when_over``: every write adds one, and every scan plan reads them all.
+    Bounded, since a write that replaces a day's files rewrites each manifest listing one of them
+    (one merged manifest of the whole table would make every write rewrite the whole table's list)."""
     snapshot = table.current_snapshot()
     before = len(snapshot.manifests(table.io)) if snapshot else 0
     if before <= when_over:
@@ -248,7 +251,8 @@ def merge_manifests(table: Table, when_over: int = 4) -> ManifestResult:
     previous = {key: table.properties.get(key) for key in _MERGE_PROPERTIES}
     with table.transaction() as tx:
         # pyiceberg merges manifests on a merge-append; enabled for this commit only, then restored.
-        tx.set_properties({TableProperties.MANIFEST_MERGE_ENABLED: "true", TableProperties.MANIFEST_MIN_MERGE_COUNT: "2"})
+        tx.set_properties({TableProperties.MANIFEST_MERGE_ENABLED: "true", TableProperties.MANIFEST_MIN_MERGE_COUNT: "2",
+                           TableProperties.MANIFEST_TARGET_SIZE_BYTES: str(target_bytes)})
         tx.update_snapshot(snapshot_properties={MAINTENANCE_PROPERTY: "merge-manifests"}).merge_append().commit()
         if restore := {k: v for k, v in previous.items() if v is not None}:
             tx.set_properties(restore)
@@ -274,7 +278,7 @@ def run_maintenance(table: Table, settings: MaintenanceConfig, now: dt.datetime)
 
     small = int(settings.compact_files_smaller_than_mb * MB)
     compaction = timed("compact", lambda: compact_small_files(table, settings.compact_when_files_per_partition_over, small))
-    manifests = timed("merge_manifests", lambda: merge_manifests(table, settings.merge_manifests_when_over))
+    manifests = timed("merge_manifests", lambda: merge_manifests(table, settings.merge_manifests_when_over, settings.merged_manifest_kb * 1024))
     older_than = now - dt.timedelta(days=settings.expire_snapshots_older_than_days)
     expiry = timed("expire", lambda: expire_snapshots(
         table, older_than, settings.retain_last_snapshots, delete_files=settings.delete_expired_files
