@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cfnlint.api import lint
+from cfnlint.api import ManualArgs, lint
 from cfnlint.decode.decode import decode_str
 
 from social_enrich import environment
@@ -225,10 +225,19 @@ def glue_job_databases() -> tuple[set[str], str]:
 
 # --- 1. cfn-lint ----------------------------------------------------------------------------------
 
+# cfn-lint's Lambda runtime rules compare the runtime's deprecation dates with today's date, so they
+# would fail this suite from a date on (python3.11: deprecated 2027-06-30); deploy/README.md says so.
+DATE_DEPENDENT_RULES = ["E2531", "W2531", "E2533"]
+
+
+def lint_as_of_any_day(text: str) -> list:
+    return lint(text, config=ManualArgs(regions=[REGION], ignore_checks=DATE_DEPENDENT_RULES))
+
+
 def test_cfn_lint_finds_nothing_in_the_template():
     # Errors and warnings (cfn-lint's default): none. cfn-lint 1.x checks SAM resources against SAM's
     # schemas without running the transform; test_the_sam_transform_... lints the transform's output.
-    matches = lint(TEMPLATE.read_text(encoding="utf-8"), regions=[REGION])
+    matches = lint_as_of_any_day(TEMPLATE.read_text(encoding="utf-8"))
     assert [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in matches] == []
 
 
@@ -564,5 +573,5 @@ def test_the_sam_transform_gives_an_iam_guarded_api_and_lints_clean(template: di
 
     # The plain CloudFormation the transform produced passes cfn-lint too (resource schemas of Lambda,
     # API Gateway and IAM, which are stricter than SAM's).
-    matches = lint(json.dumps(cfn), regions=[REGION])
+    matches = lint_as_of_any_day(json.dumps(cfn))
     assert [f"{m.rule.id} {m.message}" for m in matches] == []
