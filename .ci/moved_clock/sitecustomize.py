@@ -35,7 +35,6 @@ class _RealClockForGrpc(_abc.MetaPathFinder, _abc.Loader):
             _sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return None
-        self._loader = spec.loader
         spec.loader = _Patched(spec.loader, self._clock)
         return spec
 
