@@ -30,7 +30,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home \
-    SOCIAL_ENRICH_HOME=/var/lib/social_enrich
+    SOCIAL_ENRICH_HOME=/var/lib/social_enrich \
+    SOCIAL_ENRICH_ENV=production
 # Instance and workspace configuration are baked in read-only (owned by root); the folders
 # themselves belong to the app user, as Dagster writes small files under DAGSTER_HOME and
 # social_enrich keeps its response cache and batch store under SOCIAL_ENRICH_HOME (mount a volume

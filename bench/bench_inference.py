@@ -95,10 +95,9 @@ def sent_posts(catalog, job) -> tuple[int, int]:
 
 def run_engine(job, day: dt.date, catalog, emulator: Emulator, label: str) -> dict:
     from social_enrich.enrichment import enrich_partition
-    from social_enrich.resources import AzureOpenAIResource
-    from social_enrich.inference.selection import build_provider
+    from social_enrich.inference.selection import environment_provider
 
-    provider = build_provider(job, AzureOpenAIResource())
+    provider = environment_provider(job)
     before = emulator.stats()
     began = time.perf_counter()
     report = enrich_partition(job, day, catalog, provider, log=logging.getLogger(f"bench.{label}"))
@@ -179,6 +178,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "social_enrich", "seed", "--posts", str(args.posts), "--days", "1"], check=True)
     emulator = Emulator()
     os.environ["AZURE_OPENAI_ENDPOINT"] = emulator.endpoint
+    os.environ["SOCIAL_ENRICH_ENV"] = "production"
     try:
         from social_enrich.config import discover_job_configs
         from social_enrich.lakehouse.catalog import open_catalog

@@ -374,12 +374,11 @@ class Emulator:
 
 def child_azure(params: dict) -> dict:
     from social_enrich.enrichment import enrich_days
-    from social_enrich.inference.selection import build_provider
-    from social_enrich.resources import AzureOpenAIResource
+    from social_enrich.inference.selection import environment_provider
 
     job = sentiment_job()
     catalog = catalog_at(params["home"])
-    provider = build_provider(job, AzureOpenAIResource())
+    provider = environment_provider(job)
     day = dt.date.fromisoformat(params["day"])
     began = time.perf_counter()
     report = enrich_days(job, day, day, catalog, provider, log=quiet_log())
@@ -394,7 +393,7 @@ def measure_rerun(home: Path, posts: int, day: dt.date) -> dict:
     print(f"3. re-run: seeding {posts:,} posts on {day} in a separate process ...", flush=True)
     seeded = seed(home, posts, day)
     emulator = Emulator()
-    env = {"AZURE_OPENAI_ENDPOINT": emulator.endpoint, "AZURE_OPENAI_API_KEY": API_KEY, "AZURE_OPENAI_DEPLOYMENT": DEPLOYMENT,
+    env = {"SOCIAL_ENRICH_ENV": "production", "AZURE_OPENAI_ENDPOINT": emulator.endpoint, "AZURE_OPENAI_API_KEY": API_KEY, "AZURE_OPENAI_DEPLOYMENT": DEPLOYMENT,
            "AZURE_OPENAI_RPM": str(EMULATOR_RPM), "AZURE_OPENAI_TPM": str(EMULATOR_TPM)}
     os.environ["SOCIAL_ENRICH_HOME"] = str(home)
     cache = response_cache_path()

@@ -35,9 +35,10 @@ from social_enrich.batch_enrichment import forget_written_days, submit_days
 from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
 from social_enrich.errors import SocialEnrichError
 from social_enrich.graceful_stop import stop_between_chunks
-from social_enrich.resources import AwsLambdaResource, AzureOpenAIResource
+from social_enrich.environment import ENVIRONMENT_VAR
+from social_enrich.resources import AwsLambdaResource, ModelProviderResource
 from social_enrich.inference.azure_batch import AzureBatchClient
-from social_enrich.inference.selection import build_provider, provider_kind
+from social_enrich.inference.azure_openai import AzureOpenAIProvider
 from social_enrich.lakehouse.partition_scan import days_text
 from social_enrich.lakehouse.catalog import load_table, open_catalog
 from social_enrich.lakehouse.snapshots import SnapshotInfo, current_snapshot_info
@@ -135,12 +136,13 @@ def one_line_failures(context: AssetExecutionContext, job: JobConfig) -> Iterato
 
 
 def _submit_batch(
-    context: AssetExecutionContext, job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, azure_openai: AzureOpenAIResource
+    context: AssetExecutionContext, job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, model_provider: ModelProviderResource
 ) -> None:
-    if provider_kind(job, azure_openai) != "azure_openai":
-        raise Failure(description=f"job '{job.name}': the Batch API needs Azure OpenAI, and no endpoint is configured "
-                                  f"(set $AZURE_OPENAI_ENDPOINT or run with batch: false)")
-    report = submit_days(job, first, last, catalog, AzureBatchClient(azure_openai.batch_client()), context.log)
+    provider = model_provider.build(job)
+    if not isinstance(provider, AzureOpenAIProvider):
+        raise Failure(description=f"job '{job.name}': the Batch API needs Azure OpenAI (the azure_openai provider), and "
+                                  f"this environment's provider is {model_provider.provider} (set {ENVIRONMENT_VAR}=production, or run with batch: false)")
+    report = submit_days(job, first, last, catalog, AzureBatchClient.for_provider(provider), context.log)
     context.log.info(
         f"{days_text(first, last)}: {report.posts} posts queued for the Batch API: {report.from_cache} from the cache, "
         f"{report.not_sendable} with nothing to send, {report.requests} requests in batches {report.batches}. "
@@ -180,7 +182,7 @@ def _run_in_lambda(
 
 
 def _materialize(
-    context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource, aws_lambda: AwsLambdaResource
+    context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, model_provider: ModelProviderResource, aws_lambda: AwsLambdaResource
 ) -> Iterator[MaterializeResult | AssetMaterialization]:
     started = time.perf_counter()
     days = context.partition_key_range
@@ -192,9 +194,9 @@ def _materialize(
         return
     catalog = open_catalog(job.connector)
     if batch:
-        _submit_batch(context, job, first, last, catalog, azure_openai)
+        _submit_batch(context, job, first, last, catalog, model_provider)
         return
-    provider = build_provider(job, azure_openai)
+    provider = model_provider.build(job)
     context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
     # The whole range in one scan and one commit: a backfill run of many days costs one of each.
     report = enrich_days(job, first, last, catalog, provider, drop=config.drop, log=context.log, should_stop=stop_between_chunks())
@@ -226,9 +228,9 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         output_required=False,
     )
     def _enrich(
-        context: AssetExecutionContext, config: EnrichmentRunConfig, azure_openai: AzureOpenAIResource, aws_lambda: AwsLambdaResource
+        context: AssetExecutionContext, config: EnrichmentRunConfig, model_provider: ModelProviderResource, aws_lambda: AwsLambdaResource
     ) -> Iterator[MaterializeResult]:
         with one_line_failures(context, job):
-            yield from _materialize(context, job, config, azure_openai, aws_lambda)
+            yield from _materialize(context, job, config, model_provider, aws_lambda)
 
     return _enrich

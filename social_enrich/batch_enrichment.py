@@ -73,8 +73,8 @@ class PollReport:
         )
 
 
-def _cache_key(job: JobConfig, input_hash: str) -> str:
-    return cache_key(job.inference.model, job.inference.prompt_version, job.response_model, input_hash)
+def _cache_key(client: AzureBatchClient, job: JobConfig, input_hash: str) -> str:
+    return cache_key(client.cache_identity, job.inference.prompt_version, job.response_model, input_hash)
 
 
 def submit_days(
@@ -89,7 +89,7 @@ def submit_days(
             rows = posts.posts.slice(start, CHUNK_POSTS)
             chunk = prepare_chunk(job, rows, send)
             sendable = {position: chunk.post(position) for position in chunk.positions}
-            hits = cache.get_many([_cache_key(job, chunk.hashes[p]) for p in sendable], job.response_model) if cache else {}
+            hits = cache.get_many([_cache_key(client, job, chunk.hashes[p]) for p in sendable], job.response_model) if cache else {}
             days = posts.partition_date.slice(start, CHUNK_POSTS).to_pylist()
             updated = posts.source_update_time.slice(start, CHUNK_POSTS).to_pylist()
             for n, key in enumerate(rows[job.index_field].to_pylist()):
@@ -98,7 +98,7 @@ def submit_days(
                     result, fields = chunk.results[n], {}
                     report.not_sendable += 1
                 else:
-                    result, fields = hits.get(_cache_key(job, chunk.hashes[n])), post.fields
+                    result, fields = hits.get(_cache_key(client, job, chunk.hashes[n])), post.fields
                     report.from_cache += result is not None
                 queued.append(QueuedPost(days[n], key, updated[n], chunk.hashes[n], chunk.truncated[n], fields, 0, result))
     finally:
@@ -123,7 +123,7 @@ def send_unsent(job: JobConfig, store: BatchStore, client: AzureBatchClient, log
     size = job.inference.posts_per_request
     requests = {new_custom_id(): waiting[n : n + size] for n in range(0, len(waiting), size)}
     lines = [
-        (cid, request_line(cid, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts]))
+        (cid, request_line(cid, client.deployment, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts]))
         for cid, posts in requests.items()
     ]
     batch_ids = []
@@ -161,7 +161,7 @@ def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_
     share = Usage(**{name: value / max(len(answered), 1) for name, value in vars(answers.usage).items()})
     settled = [(post, result, share) for post, result in answered]
     if cache is not None:
-        cache.put_many((_cache_key(job, p.input_hash), r) for p, r, _ in settled)
+        cache.put_many((_cache_key(client, job, p.input_hash), r) for p, r, _ in settled)
     store.settle(job.name, settled)
     store.release(job.name, again)
     note = f"{status}: {len(settled)} answered, {len(again)} asked again" + (
@@ -208,7 +208,7 @@ def collect_batches(job: JobConfig, catalog: Catalog, client: AzureBatchClient, 
             store.hand_to_realtime(job.name, {p.day for p in requeued})
         report.batches_submitted, _ = send_unsent(job, store, client, log)
         for day in store.complete_days(job.name):
-            report.days_written.append(_write_day(job, catalog, store, day, now.date(), log))
+            report.days_written.append(_write_day(job, catalog, store, day, now.date(), client.model_id, log))
             store.forget_days(job.name, [day])  # only after the write committed
         # Until their realtime run forgets them, these days are requested again (under the same run key).
         report.days_for_realtime = store.realtime_days(job.name)
@@ -223,13 +223,14 @@ def forget_written_days(job: JobConfig, days: list[dt.date]) -> None:
             store.forget_days(job.name, days)
 
 
-def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date, today: dt.date, log: logging.Logger) -> DayWritten:
+def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date, today: dt.date, model: str,
+               log: logging.Logger) -> DayWritten:
     posts = store.day_posts(job.name, day, job.response_model)
     results = [p.result for p in posts]
     keys = pa.array([p.key for p in posts])
     updated = pa.array([p.update_time for p in posts], pa.timestamp("us", tz="UTC"))
     hashes, truncated = [p.input_hash for p in posts], [p.truncated for p in posts]
-    rows = result_rows(job, pa.array([day] * len(posts), pa.date32()), job.inference.model, keys, updated, hashes, truncated, results)  # type: ignore[arg-type]
+    rows = result_rows(job, pa.array([day] * len(posts), pa.date32()), model, keys, updated, hashes, truncated, results)  # type: ignore[arg-type]
     index_type = load_table(catalog, job.connector.source.tables[0].identifier).schema().find_field(job.index_field).field_type
     may_live_on = store.day_may_live_on(job.name, day)
     if may_live_on is not None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from social_enrich.environment import jobs_dirs
+from social_enrich.environment import ENVIRONMENT_VAR, PROVIDER_VAR, jobs_dirs
 from social_enrich.plugins import resolve_local_model, resolve_response_model
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -129,10 +129,25 @@ class BatchConfig(_Strict):
     price_share: float = Field(default=0.5, gt=0, le=1, description="Batch price as a share of realtime (Global Batch: 0.5).")
 
 
+class LocalModelRef(_Strict):
+    """A local model: a registered name or 'module:Class', built with ``args`` as keyword arguments."""
+
+    name: str = Field(min_length=1, description="A registered local model name (vader) or 'module:Class'.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model's constructor.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value  # local_model: vader
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        resolve_local_model(value)
+        return value
+
+
 class InferenceConfig(_Strict):
-    provider: Literal["auto", "local", "azure_openai"] = Field(
-        default="auto", description="auto: Azure OpenAI when an endpoint is configured, else the local model."
-    )
     workers: int = Field(default=20, ge=1, le=512, description="Most concurrent model requests; concurrency adapts below it.")
     posts_per_request: int = Field(default=20, ge=1, le=200, description="Posts packed into one model request.")
     max_output_tokens_per_post: int = Field(default=32, ge=1, description="Answer budget per post (max_tokens).")
@@ -143,8 +158,13 @@ class InferenceConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     price_per_million_tokens: PriceConfig = Field(default_factory=PriceConfig)
     response_format: str = Field(description="A registered response model name or 'module:Class'.")
-    local_model: str | None = Field(default=None, description="A registered local model name or 'module:Class'.")
-    model: str = Field(default="gpt-4o-mini", min_length=1, description="Azure OpenAI deployment name.")
+    local_model: LocalModelRef | None = Field(
+        default=None, description="The job's local model (a name or 'module:Class', and its arguments): used where the environment is local."
+    )
+    model: str = Field(
+        default="gpt-4o-mini", min_length=1,
+        description="The model the job asks for; the environment's provider says which deployment serves it.",
+    )
     prompt: str = Field(default=DEFAULT_PROMPT, min_length=1)
     prompt_version: str = Field(default="v1", min_length=1)
     text_field: str | None = Field(default=None, description="The post body: checked per row, read by the local model.")
@@ -159,11 +179,16 @@ class InferenceConfig(_Strict):
         resolve_response_model(value)
         return value
 
-    @field_validator("local_model")
+    @model_validator(mode="before")
     @classmethod
-    def _known_local_model(cls, value: str | None) -> str | None:
-        if value is not None:
-            resolve_local_model(value)
+    def _no_environment_settings(cls, value: Any) -> Any:
+        # The provider is the deployment's choice, not the job's (see social_enrich/environment.py).
+        if isinstance(value, dict) and "provider" in value:
+            raise ValueError(
+                "inference.provider is no longer a job setting: the environment chooses the provider "
+                f"(${ENVIRONMENT_VAR}=local runs inference.local_model, production runs Azure OpenAI or ${PROVIDER_VAR}); "
+                "remove inference.provider from the job"
+            )
         return value
 
 
@@ -257,12 +282,12 @@ class JobConfig(_Strict):
     def _local_model_needs_text(self) -> JobConfig:
         # A local model is handed the post text from text_field: without it, every post would be scored as "".
         inference = self.inference
-        if inference.local_model and inference.provider != "azure_openai" and not inference.text_field:
+        if inference.local_model and not inference.text_field:
             raise ValueError(
-                f"inference.text_field is not set, but job '{self.name}' can run the local model "
-                f"'{inference.local_model}' (provider {inference.provider}), which is handed the post text from "
-                "text_field and would score every post as empty text: set inference.text_field to the field that "
-                "holds the post text (e.g. post_text), or use provider: azure_openai"
+                f"inference.text_field is not set, but job '{self.name}' names the local model "
+                f"'{inference.local_model.name}', which is handed the post text from text_field and would score every "
+                "post as empty text: set inference.text_field to the field that holds the post text (e.g. post_text), "
+                "or remove inference.local_model"
             )
         return self
 

@@ -13,7 +13,7 @@ from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import discover_job_configs
 from social_enrich.dead_runs import executor_freeing_dead_runs
 from social_enrich.maintenance_job import build_maintenance_schedule
-from social_enrich.resources import default_resources
+from social_enrich.resources import environment_resources
 from social_enrich.sensors.batch_sensor import build_batch_sensor
 from social_enrich.sensors.snapshot_sensor import build_snapshot_sensor
 
@@ -37,7 +37,7 @@ def build_definitions(job_dirs: list[Path] | None = None) -> dg.Definitions:
         ],
         jobs=[schedule.job for schedule in maintenance],
         schedules=maintenance,
-        resources=default_resources(),
+        resources=environment_resources(),  # the profile $SOCIAL_ENRICH_ENV names
         # Dagster's default executor, which first fails runs of this machine whose process died
         # (SIGKILL, OOM) and frees their pool slots: with no daemon, nothing else would.
         executor=executor_freeing_dead_runs,

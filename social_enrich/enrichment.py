@@ -305,7 +305,7 @@ def score_chunk(
     for result in chunk.results:
         if result is not None:
             progress(result)
-    keys = [cache_key(provider.model_id, job.inference.prompt_version, job.response_model, chunk.hashes[p]) for p in chunk.positions]
+    keys = [cache_key(provider.cache_identity, job.inference.prompt_version, job.response_model, chunk.hashes[p]) for p in chunk.positions]
     hits = cache.get_many(list(dict.fromkeys(keys)), job.response_model) if cache is not None else {}
     sharing: dict[str, list[int]] = {}  # each input still to answer -> the positions (in chunk.positions) that sent it
     for n, key in enumerate(keys):
@@ -371,7 +371,9 @@ def result_rows(
     )
 
 
-def answers_in_target(job: JobConfig, catalog: Catalog, first: dt.date, last: dt.date, model: str) -> list[tuple[str, ScoreResult]]:
+def answers_in_target(
+    job: JobConfig, catalog: Catalog, first: dt.date, last: dt.date, model: str, cache_identity: str
+) -> list[tuple[str, ScoreResult]]:
     """The answers the target already holds for these days from this model and prompt, keyed as the
     response cache keys them: where the cache does not last (Lambda's /tmp), a run after a stopped one
     pays only for the posts that run did not reach."""
@@ -395,7 +397,7 @@ def answers_in_target(job: JobConfig, catalog: Catalog, first: dt.date, last: dt
             response = None if row["status"] == "filtered" else job.response_model.model_validate(answer)
         except ValidationError:
             continue  # written by another version of the response model: score again
-        key = cache_key(model, job.inference.prompt_version, job.response_model, row["input_hash"])
+        key = cache_key(cache_identity, job.inference.prompt_version, job.response_model, row["input_hash"])
         found.append((key, ScoreResult(row["status"], response, row["error"])))
     return found
 
@@ -533,7 +535,7 @@ def enrich_days(
     cache = None
     if provider.caches_responses and job.inference.cache:
         # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
-        cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id))
+        cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id, provider.cache_identity))
     # A paid model: one run at a time scores and writes a day, so a second run of a cold day reuses the
     # first's answers (from the target, or the cache if the first was stopped) instead of paying again.
     locks = scoring_days(job.name, days_between(first, last), log) if cache is not None else nullcontext()

@@ -1,13 +1,36 @@
-"""Where social_enrich keeps its state, resolved lazily from the environment.
+"""The deployment's environment, in one place: which profile runs, where state lives, which model provider.
 
-Pure functions, called at run time and never at import time, so tests can point
-them elsewhere with ``monkeypatch.setenv`` alone.
+Pure functions, called at load or run time and never at import time, so tests can point them
+elsewhere with ``monkeypatch.setenv`` alone. No Dagster here: the Lambda handler uses them too;
+``social_enrich/resources.py`` turns them into Dagster resources.
+
+Two profiles, named by ``$SOCIAL_ENRICH_ENV``:
+- ``local`` (the default): the embedded catalog and each job's own local model; no network.
+- ``production``: the model provider is Azure OpenAI (or ``$SOCIAL_ENRICH_PROVIDER``), configured from
+  the environment; nothing falls back to a local model, so a missing endpoint fails the run, naming it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
+
+from social_enrich.errors import SocialEnrichError
+
+ENVIRONMENT_VAR = "SOCIAL_ENRICH_ENV"
+PROFILES = ("local", "production")
+PROVIDER_VAR = "SOCIAL_ENRICH_PROVIDER"  # production: a provider name or module:Class (default azure_openai)
+PROVIDER_CONFIG_VAR = "SOCIAL_ENRICH_PROVIDER_CONFIG"  # production: the provider's config, as a JSON object
+# Development: jobs with execution.mode lambda run the handler in a local child process, not AWS.
+LAMBDA_LOCAL_VAR = "SOCIAL_ENRICH_LAMBDA_LOCAL"
+# Azure OpenAI settings of a production deployment, read into the azure_openai provider's config.
+AZURE_SETTINGS_VARS = {
+    "deployment": "AZURE_OPENAI_DEPLOYMENT",
+    "requests_per_minute": "AZURE_OPENAI_RPM",
+    "tokens_per_minute": "AZURE_OPENAI_TPM",
+}
 
 STATE_DIR_VAR = "SOCIAL_ENRICH_HOME"
 JOBS_DIR_VAR = "SOCIAL_ENRICH_JOBS_DIR"
@@ -45,3 +68,33 @@ def jobs_dirs() -> list[Path]:
     """Folders of job YAML files: the built-in jobs, then any listed in SOCIAL_ENRICH_JOBS_DIR."""
     extra = [Path(p) for p in os.environ.get(JOBS_DIR_VAR, "").split(os.pathsep) if p]
     return [BUILTIN_JOBS_DIR, *extra]
+
+
+class EnvironmentConfigError(SocialEnrichError, ValueError):
+    """The environment names no profile, or a provider config that cannot be read; the message names the variable."""
+
+
+def environment_name() -> str:
+    """The profile this deployment runs: local or production."""
+    name = os.environ.get(ENVIRONMENT_VAR, "").strip() or "local"
+    if name not in PROFILES:
+        raise EnvironmentConfigError(f"${ENVIRONMENT_VAR} is {name!r}: use one of {', '.join(PROFILES)}")
+    return name
+
+
+def provider_choice() -> tuple[str, dict[str, Any]]:
+    """The model provider of this environment and its config: (name or module:Class, config)."""
+    if environment_name() == "local":
+        return "local", {}
+    name = os.environ.get(PROVIDER_VAR, "").strip() or "azure_openai"
+    raw = os.environ.get(PROVIDER_CONFIG_VAR, "").strip() or "{}"
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise EnvironmentConfigError(f"${PROVIDER_CONFIG_VAR} is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise EnvironmentConfigError(f"${PROVIDER_CONFIG_VAR} must be a JSON object, got {type(config).__name__}")
+    if name == "azure_openai":
+        from_env = {field: os.environ[var] for field, var in AZURE_SETTINGS_VARS.items() if os.environ.get(var)}
+        config = {**from_env, **config}
+    return name, config

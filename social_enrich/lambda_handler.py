@@ -11,8 +11,9 @@ Two ways in, one piece of work (``enrich_days`` on the job's catalog and model):
   function stopped before its deadline (or on SIGTERM): what was scored is written, the body says
   how many posts are left, and calling again finishes them.
 
-The model key comes from ``$AZURE_OPENAI_API_KEY`` or the Secrets Manager secret named by
-``$OPENAI_SECRET_NAME`` (see inference/credentials.py). Only ``dagster-pipes`` is imported from
+The provider is the function's environment's (``$SOCIAL_ENRICH_ENV=production`` on AWS: Azure OpenAI,
+see environment.py); the model key comes from ``$AZURE_OPENAI_API_KEY`` or the Secrets Manager secret
+named by ``$OPENAI_SECRET_NAME`` (see inference/credentials.py). Only ``dagster-pipes`` is imported from
 Dagster, so the bundle stays small (bench/bench_lambda.py measures it).
 """
 
@@ -46,9 +47,11 @@ from dagster_pipes import (
 
 from social_enrich.config import JobConfig, JobConfigError, discover_job_configs
 from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
-from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAISettings, EndpointRejectedError
+from social_enrich.environment import EnvironmentConfigError
+from social_enrich.inference.azure_openai import AzureOpenAIConfigError, EndpointRejectedError
 from social_enrich.inference.credentials import CredentialsError
-from social_enrich.inference.selection import build_provider
+from social_enrich.inference.local_sentiment import LocalModelMissingError
+from social_enrich.inference.selection import ProviderConfigError, environment_provider
 from social_enrich.lakehouse.catalog import CatalogUnavailableError, load_table, open_catalog
 from social_enrich.lakehouse.partition_scan import SourceSchemaError
 from social_enrich.lakehouse.snapshots import current_snapshot_info
@@ -130,7 +133,7 @@ def run_job(job: JobConfig, first: dt.date, last: dt.date, drop: bool, budget: B
     """Enrich first..last; the report and its summary (counts, tokens, cost, timings)."""
     started = time.perf_counter()
     catalog = open_catalog(job.connector)
-    provider = build_provider(job, AzureOpenAISettings())
+    provider = environment_provider(job)  # the function's environment: production on AWS
     log.info("job %s: %s..%s with model %s", job.name, first, last, provider.model_id)
     with stop_on_sigterm(budget):
         report = enrich_days(
@@ -248,11 +251,11 @@ def _api(resolver: type[APIGatewayRestResolver] | type[APIGatewayHttpResolver]) 
     app = resolver()
     app.post("/<job>")(lambda job: post_job(app, job))
     for errors, status in (
-        ((BadRequestError, JobConfigError, SourceSchemaError, TargetSchemaError), 400),
+        ((BadRequestError, JobConfigError, SourceSchemaError, TargetSchemaError, LocalModelMissingError), 400),
         ((UnknownJobError,), 404),
         ((PartitionFailedError, EndpointRejectedError, openai.OpenAIError), 502),
         # Deployment problems whose messages are written to name the setting and never a secret.
-        ((CatalogUnavailableError, CredentialsError, AzureOpenAIConfigError), 500),
+        ((CatalogUnavailableError, CredentialsError, AzureOpenAIConfigError, EnvironmentConfigError, ProviderConfigError), 500),
     ):
         app.exception_handler(list(errors))(lambda e, status=status: _error(status, e))
     app.not_found(lambda e: _json(404, {"error": "NotFound", "message": f"no route {app.current_event.http_method} "

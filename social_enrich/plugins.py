@@ -1,7 +1,7 @@
-"""Names a job YAML may use for its response model and local model.
+"""Names a job or an environment may use for a response model, a local model or a model provider.
 
-A built-in name (``sentiment``, ``vader``) or an importable ``module:attribute``, so a new
-enrichment job needs a YAML file and a pydantic model, and no change here.
+A built-in name (``sentiment``, ``vader``, ``azure_openai``) or an importable ``module:attribute``, so
+a new enrichment job needs a YAML file and a pydantic model, and a new provider a class, and no change here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ from pydantic import BaseModel
 
 RESPONSE_MODELS = {"sentiment": "social_enrich.inference.response_models:Sentiment"}
 LOCAL_MODELS = {"vader": "social_enrich.inference.local_sentiment:VaderSentimentModel"}
+PROVIDERS = {
+    "local": "social_enrich.inference.local_sentiment:LocalProvider",
+    "azure_openai": "social_enrich.inference.azure_openai:AzureOpenAIProvider",
+}
 
 
 class PluginError(ValueError):
-    """A response_format or local_model that cannot be resolved."""
+    """A response_format, local_model or provider that cannot be resolved."""
 
 
 def _import(reference: str, kind: str, builtins: dict[str, str]) -> Any:
@@ -44,6 +48,19 @@ def resolve_response_model(reference: str) -> type[BaseModel]:
 
 def resolve_local_model(reference: str) -> type:
     model = _import(reference, "local_model", LOCAL_MODELS)
-    if not (isinstance(model, type) and callable(getattr(model, "score", None))):
-        raise PluginError(f"local_model '{reference}' must be a class with a score(fields, text) method")
+    if not (isinstance(model, type) and any(callable(getattr(model, m, None)) for m in ("score", "score_batch"))):
+        raise PluginError(
+            f"local_model '{reference}' must be a class with a score(fields, text) or a score_batch(posts) method"
+        )
     return model
+
+
+def resolve_provider(reference: str) -> type:
+    """A provider class: its pydantic ``Config`` and ``from_config(config, job)`` (see inference/provider.py)."""
+    provider = _import(reference, "provider", PROVIDERS)
+    if not (isinstance(provider, type) and callable(getattr(provider, "from_config", None))
+            and isinstance(getattr(provider, "Config", None), type) and issubclass(provider.Config, BaseModel)):
+        raise PluginError(
+            f"provider '{reference}' must be a class with a pydantic model Config and a classmethod from_config(config, job)"
+        )
+    return provider

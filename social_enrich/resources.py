@@ -1,4 +1,9 @@
-"""Dagster resources: thin Dagster faces of settings that the Lambda handler uses without Dagster."""
+"""Dagster resources, and the resources of each environment profile: chosen once, in the definitions.
+
+The model provider is a resource naming a provider (a built-in name or module:Class) and its own
+config; ``environment_resources`` picks it from ``$SOCIAL_ENRICH_ENV`` (see environment.py). The
+resources wrap plain settings that the Lambda handler uses without Dagster.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +15,51 @@ from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from social_enrich.devtools.local_lambda import LocalLambdaClient
-from social_enrich.inference.azure_openai import AzureOpenAISettings
+from social_enrich.config import JobConfig
+from social_enrich.environment import LAMBDA_LOCAL_VAR, environment_name, provider_choice
+from social_enrich.inference.provider import Provider
+from social_enrich.inference.selection import build_provider, provider_config
 
-LAMBDA_LOCAL_VAR = "SOCIAL_ENRICH_LAMBDA_LOCAL"
 
+class ModelProviderResource(ConfigurableResource):
+    """The model provider of this deployment: ``local`` (each job's local model), ``azure_openai``, or a
+    provider class ``module:Class``, with that provider's own config (its pydantic ``Config``)."""
 
-class AzureOpenAIResource(ConfigurableResource, AzureOpenAISettings):
-    """Connection to an Azure OpenAI resource. The key is read at run time from an environment
-    variable or from the AWS Secrets Manager secret named by $OPENAI_SECRET_NAME."""
+    provider: str = Field(description="A built-in provider name (local, azure_openai) or 'module:Class'.")
+    config: dict[str, Any] = Field(default_factory=dict, description="The provider's own settings.")
+
+    def check(self) -> None:
+        """Resolve the class and validate its config: a wrong name or field fails the definitions' load."""
+        provider_config(self.provider, self.config)
+
+    def build(self, job: JobConfig) -> Provider:
+        return build_provider(self.provider, self.config, job)
 
 
 class AwsLambdaResource(ConfigurableResource):
-    """The Lambda client of jobs with execution.mode lambda: boto3's, or a local child process for development."""
+    """The Lambda client of jobs with execution.mode lambda: boto3's."""
 
-    local: bool = Field(
-        default=False, description=f"Run the handler in a local child process instead of AWS (also ${LAMBDA_LOCAL_VAR}=1)."
-    )
     timeout_seconds: float = Field(default=900.0, gt=0, le=900, description="The function's timeout (Lambda's most: 900).")
 
     def client(self) -> Any:
-        if self.local or os.environ.get(LAMBDA_LOCAL_VAR) == "1":
-            return LocalLambdaClient(timeout_seconds=self.timeout_seconds)
         # An invocation lasts up to Lambda's 900 s; boto3's defaults (read timeout 60 s, then retry)
         # would give up on it and invoke again, paying the model twice.
         return boto3.client("lambda", config=Config(read_timeout=self.timeout_seconds + 60, retries={"total_max_attempts": 1}))
 
 
-def default_resources() -> dict[str, ConfigurableResource]:
-    """The resources every enrichment asset needs, as the Definitions bind them."""
-    return {"azure_openai": AzureOpenAIResource(), "aws_lambda": AwsLambdaResource()}
+def environment_resources() -> dict[str, ConfigurableResource]:
+    """The resources of this environment's profile, checked now: a provider that cannot be built for
+    any job fails the load with its reason, rather than a run later."""
+    name, config = provider_choice()
+    provider = ModelProviderResource(provider=name, config=config)
+    provider.check()
+    return {"model_provider": provider, "aws_lambda": _lambda_resource()}
+
+
+def _lambda_resource() -> AwsLambdaResource:
+    if environment_name() == "local" or os.environ.get(LAMBDA_LOCAL_VAR) == "1":
+        # Development only: the handler in a child process. Imported here, so production never loads devtools.
+        from social_enrich.devtools.local_lambda_resource import LocalLambdaResource
+
+        return LocalLambdaResource()
+    return AwsLambdaResource()

@@ -28,7 +28,8 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SOCIAL_ENRICH_HOME", str(home))
     for name in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT", "SOCIAL_ENRICH_JOBS_DIR",
                  "SOCIAL_ENRICH_WAREHOUSE", "SOCIAL_ENRICH_START_DATE", "DAGSTER_HOME", "OPENAI_SECRET_NAME",
-                 "AZURE_OPENAI_RPM", "AZURE_OPENAI_TPM"):
+                 "AZURE_OPENAI_RPM", "AZURE_OPENAI_TPM", "SOCIAL_ENRICH_ENV", "SOCIAL_ENRICH_PROVIDER",
+                 "SOCIAL_ENRICH_PROVIDER_CONFIG", "SOCIAL_ENRICH_LAMBDA_LOCAL"):
         monkeypatch.delenv(name, raising=False)
     return home
 

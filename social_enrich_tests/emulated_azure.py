@@ -11,7 +11,7 @@ from pyiceberg.catalog import Catalog
 from social_enrich.config import InferenceConfig
 from social_enrich.devtools.azure_openai_emulator import FAULT_MARKER
 from social_enrich.inference.azure_openai import AzureOpenAIProvider
-from social_enrich.resources import AzureOpenAIResource
+from social_enrich.inference.azure_openai import AzureOpenAISettings
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
 
@@ -53,7 +53,7 @@ def inference(**settings: object) -> InferenceConfig:
 
 
 def provider_for(endpoint: str, timeout_seconds: float = 10, **settings: object) -> AzureOpenAIProvider:
-    resource = AzureOpenAIResource(endpoint=endpoint, timeout_seconds=timeout_seconds)
+    resource = AzureOpenAISettings(endpoint=endpoint, timeout_seconds=timeout_seconds)
     return resource.build_provider(inference(**settings), Sentiment)
 
 

@@ -79,6 +79,7 @@ def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_url: str, e
     monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(path.parent))  # replaces the built-in sentiment job
     monkeypatch.setenv("OPENAI_SECRET_NAME", secret_name)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
+    monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
     job = load_job_config(path)
     catalog = open_catalog(job.connector)
     demo.seed_gold_tables(catalog, posts=300, days=3, start=SAMPLE_START)

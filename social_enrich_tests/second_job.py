@@ -39,7 +39,6 @@ connector:
       - {database: gold, table: dim_post_details, datetime_field: last_update_time, index_field: post_key}
   target: {database: enriched, table: post_topics, datetime_field: labelled_at, index_field: post_key, partition_by: [month]}
 inference:
-  provider: local
   local_model: social_enrich_tests.second_job:KeywordTopicModel
   response_format: social_enrich_tests.second_job:PostTopic
   prompt_version: topics-v1

@@ -1,6 +1,6 @@
 """The Azure OpenAI provider and resource, against the loopback emulator over real HTTP.
 
-Provider-level tests call ``AzureOpenAIResource.build_provider(...).score(...)`` directly; the end-to-end
+Provider-level tests call ``AzureOpenAISettings.build_provider(...).score(...)`` directly; the end-to-end
 tests materialize the ``social_media_sentiment`` asset through Dagster into the embedded pyiceberg
 catalog that ``conftest.state_home`` puts under tmp_path.
 """
@@ -25,7 +25,7 @@ from social_enrich.inference.azure_openai import (
     AzureOpenAIProvider,
     EndpointRejectedError,
 )
-from social_enrich.resources import AzureOpenAIResource
+from social_enrich.inference.azure_openai import AzureOpenAISettings
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.provider import PostToScore
 from social_enrich.inference.response_models import Sentiment
@@ -283,7 +283,7 @@ def test_key_never_in_errors_or_repr(emulator: AzureOpenAIEmulator, api_key: str
 
 def test_missing_endpoint_error_names_the_variable_not_the_key(api_key: str):
     with pytest.raises(AzureOpenAIConfigError) as raised:
-        AzureOpenAIResource().build_provider(inference(), Sentiment)
+        AzureOpenAISettings().build_provider(inference(), Sentiment)
     assert "AZURE_OPENAI_ENDPOINT" in str(raised.value)
     assert API_KEY not in str(raised.value) and API_KEY not in repr(raised.value)
 
@@ -298,7 +298,7 @@ def test_missing_key_error_names_the_variable(
         monkeypatch.delenv("TEAM_OPENAI_KEY", raising=False)
     else:
         monkeypatch.setenv("TEAM_OPENAI_KEY", key_value)
-    resource = AzureOpenAIResource(endpoint=emulator.endpoint, api_key_env_var="TEAM_OPENAI_KEY")
+    resource = AzureOpenAISettings(endpoint=emulator.endpoint, api_key_env_var="TEAM_OPENAI_KEY")
 
     with pytest.raises(CredentialsError, match=r"TEAM_OPENAI_KEY") as raised:
         resource.build_provider(inference(), Sentiment)
@@ -308,7 +308,7 @@ def test_missing_key_error_names_the_variable(
 
 def test_endpoint_comes_from_the_environment(emulator: AzureOpenAIEmulator, api_key: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emulator.endpoint)
-    provider = AzureOpenAIResource().build_provider(inference(), Sentiment)
+    provider = AzureOpenAISettings().build_provider(inference(), Sentiment)
     (result,) = provider.score([post(POSITIVE)])
     assert result.status == "ok" and result.response.label == "positive"
 
@@ -325,6 +325,7 @@ SENT_FIELDS = {"post_text", "hashtags", "language"}
 def azure_env(emulator: AzureOpenAIEmulator, api_key: str, monkeypatch: pytest.MonkeyPatch) -> AzureOpenAIEmulator:
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emulator.endpoint)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
+    monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
     return emulator
 
 
@@ -364,7 +365,7 @@ def test_materialize_with_faults_ends_like_a_fault_free_run(
     keys = rows["post_key"].to_pylist()
     assert len(keys) == len(set(keys)) == len(expected_keys)  # one row per touched post
     assert set(keys) == expected_keys
-    assert set(rows["model"].to_pylist()) == {DEPLOYMENT}
+    assert set(rows["model"].to_pylist()) == {"gpt-4o-mini"}  # the job's model, whichever deployment served it
     by_key = {row["post_key"]: row for row in rows.to_pylist()}
     for key, (name, status, error) in faults.items():
         row = by_key.pop(key)
@@ -410,6 +411,7 @@ def test_a_wrong_key_fails_the_run_after_a_few_requests_and_writes_nothing(
     wrong_key = "sk-wrong-key-9d8c7b6a5f4e3d2c1b0a"
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emulator.endpoint)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
+    monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", wrong_key)
     assert len(touched_keys(catalog, DAY)) > 150  # some ten packs of 20
 

@@ -209,11 +209,12 @@ def test_a_partition_is_scored_with_the_key_and_endpoint_from_the_secret(
     with AzureOpenAIEmulator(EmulatorSettings(api_key=KEY, deployments=("gpt-4o-mini",))) as emulator:
         name = _create_secret(string=json.dumps({"OPENAI_API_KEY": KEY, "OPENAI_API_BASE": emulator.endpoint}))
         monkeypatch.setenv("OPENAI_SECRET_NAME", name)  # no AZURE_OPENAI_* variable at all
+        monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
         caplog.set_level(logging.DEBUG)  # from here on: every log line of the run, botocore's included
 
         result = materialize_day(instance, "2026-11-01")
 
-        assert emulator.stats["by_status"].get(200, 0) > 0  # provider auto chose Azure OpenAI: the secret names one
+        assert emulator.stats["by_status"].get(200, 0) > 0  # production: Azure OpenAI, at the endpoint the secret names
     metadata = materialization_metadata(result)
     assert metadata["model"] == "gpt-4o-mini" and metadata["posts_scored"] > 150
     logged = "\n".join(str(record) for record in instance.all_logs(result.run_id)) + caplog.text

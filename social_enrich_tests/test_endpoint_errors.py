@@ -13,7 +13,7 @@ from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.azure_openai import STOP_AFTER_REJECTIONS, AzureOpenAIProvider, EndpointRejectedError
 from social_enrich.inference.provider import ScoreResult
 from social_enrich.inference.response_models import Sentiment
-from social_enrich.resources import AzureOpenAIResource
+from social_enrich.inference.azure_openai import AzureOpenAISettings
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, NEGATIVE, POSITIVE, inference, post, provider_for
 
 WRONG_KEY = "sk-wrong-key-5e4d3c2b1a09f8e7d6c5"
@@ -69,7 +69,7 @@ def test_a_wrong_key_stops_after_a_few_401s_naming_the_key_variable(emulator, mo
 
 def test_the_message_names_the_variable_the_resource_reads_the_key_from(emulator, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TEAM_OPENAI_KEY", WRONG_KEY)
-    resource = AzureOpenAIResource(endpoint=emulator.endpoint, api_key_env_var="TEAM_OPENAI_KEY")
+    resource = AzureOpenAISettings(endpoint=emulator.endpoint, api_key_env_var="TEAM_OPENAI_KEY")
     provider = resource.build_provider(inference(posts_per_request=5, workers=WORKERS, retry=RETRIES), Sentiment)
 
     message = score_until_rejected(provider)
@@ -104,7 +104,7 @@ def test_an_unknown_deployment_stops_with_404_naming_it(emulator, monkeypatch: p
 def test_a_wrong_endpoint_path_stops_with_404_naming_the_endpoint_setting(emulator, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", f"{emulator.endpoint}/not-here")
-    provider = AzureOpenAIResource().build_provider(inference(posts_per_request=5, workers=WORKERS, retry=RETRIES), Sentiment)
+    provider = AzureOpenAISettings().build_provider(inference(posts_per_request=5, workers=WORKERS, retry=RETRIES), Sentiment)
 
     message = score_until_rejected(provider)
 
@@ -117,7 +117,7 @@ def test_a_closed_port_stops_after_a_few_refused_connections(monkeypatch: pytest
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
     endpoint = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", endpoint)
-    provider = AzureOpenAIResource().build_provider(inference(posts_per_request=5, workers=WORKERS, retry=RETRIES), Sentiment)
+    provider = AzureOpenAISettings().build_provider(inference(posts_per_request=5, workers=WORKERS, retry=RETRIES), Sentiment)
 
     message = score_until_rejected(provider)
 

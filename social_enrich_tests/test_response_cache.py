@@ -20,10 +20,9 @@ from social_enrich.config import JobConfig, load_job_config
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.enrichment import enrich_partition
 from social_enrich.environment import response_cache_path
-from social_enrich.resources import AzureOpenAIResource
 from social_enrich.inference.response_cache import cache_key
 from social_enrich.inference.response_models import Sentiment
-from social_enrich.inference.selection import build_provider
+from social_enrich.inference.selection import environment_provider
 from social_enrich_tests.dagster_helpers import (
     edited_sentiment_defs,
     edited_sentiment_yaml,
@@ -42,6 +41,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureOpenAIEmulator]:
         monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.endpoint)
         monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
         monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
+        monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
         yield emu
 
 
@@ -154,11 +154,10 @@ RUN_ONE_PARTITION = """
 import datetime as dt, sys
 from social_enrich.config import load_job_config
 from social_enrich.enrichment import enrich_partition
-from social_enrich.resources import AzureOpenAIResource
-from social_enrich.inference.selection import build_provider
+from social_enrich.inference.selection import environment_provider
 from social_enrich.lakehouse.catalog import open_catalog
 job = load_job_config(sys.argv[1])
-enrich_partition(job, dt.date.fromisoformat(sys.argv[2]), open_catalog(job.connector), build_provider(job, AzureOpenAIResource()))
+enrich_partition(job, dt.date.fromisoformat(sys.argv[2]), open_catalog(job.connector), environment_provider(job))
 """
 
 
@@ -192,7 +191,7 @@ def test_a_run_killed_half_way_resumes_paying_only_for_what_is_missing(
     while emulator.stats["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.01)  # the killed run's last requests are still being answered
     emulator.reset_stats()
-    provider = build_provider(small_packs_job, AzureOpenAIResource())
+    provider = environment_provider(small_packs_job)
     report = enrich_partition(small_packs_job, DAY, catalog, provider)
 
     sent = report.statuses["ok"] + report.statuses["filtered"]
@@ -204,7 +203,7 @@ def test_a_run_killed_half_way_resumes_paying_only_for_what_is_missing(
 
     # The same partition from scratch, uninterrupted and without the cache: the same table.
     response_cache_path().unlink()
-    enrich_partition(small_packs_job, DAY, catalog, build_provider(small_packs_job, AzureOpenAIResource()), drop=True)
+    enrich_partition(small_packs_job, DAY, catalog, environment_provider(small_packs_job), drop=True)
     assert comparable(read_target(catalog)) == comparable(resumed)
 
 

@@ -284,6 +284,7 @@ def test_memory_timeout_and_concurrency_default_to_the_designed_values(template:
 def test_the_environment_is_what_the_code_and_the_glue_job_read(stack: Stack, full_stack: Stack):
     env = stack.properties("Function")["Environment"]["Variables"]
     assert env == {
+        "SOCIAL_ENRICH_ENV": "production",  # Azure OpenAI, never the local model
         "SOCIAL_ENRICH_HOME": "/tmp/social_enrich",
         "SOCIAL_ENRICH_JOBS_DIR": "/var/task/jobs/glue",
         "SOCIAL_ENRICH_WAREHOUSE": "s3://lake/warehouse",
@@ -298,9 +299,11 @@ def test_the_environment_is_what_the_code_and_the_glue_job_read(stack: Stack, fu
     # The names are the code's: state folder, job folders, model secret ...
     assert {environment.STATE_DIR_VAR, environment.JOBS_DIR_VAR, credentials.SECRET_NAME_VAR} <= set(env)
     assert env[environment.STATE_DIR_VAR].startswith("/tmp/")  # the only writable place in Lambda
-    # ... and every other one is a ${VARIABLE} of the Glue job config the function loads.
+    # ... and every other one is the environment's (the profile, the provider's settings) or a ${VARIABLE}
+    # of the Glue job config the function loads.
     job_vars = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", GLUE_JOB.read_text(encoding="utf-8")))
-    code_vars = {environment.STATE_DIR_VAR, environment.JOBS_DIR_VAR, credentials.SECRET_NAME_VAR}
+    code_vars = {environment.STATE_DIR_VAR, environment.JOBS_DIR_VAR, credentials.SECRET_NAME_VAR,
+                 environment.ENVIRONMENT_VAR, *environment.AZURE_SETTINGS_VARS.values()}
     assert set(full) - code_vars <= job_vars
     # Lambda sets AWS_REGION itself (a reserved name the template may not set).
     assert "AWS_REGION" in job_vars and "AWS_REGION" not in full

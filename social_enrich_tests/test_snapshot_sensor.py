@@ -18,7 +18,7 @@ from social_enrich import demo
 from social_enrich.assets import build_enrichment_asset, gold_source_assets
 from social_enrich.config import JobConfig, load_job_config
 from social_enrich.environment import BUILTIN_JOBS_DIR
-from social_enrich.resources import default_resources
+from social_enrich.resources import environment_resources
 from social_enrich.lakehouse.snapshot_changes import days_touched_since
 from social_enrich.sensors.snapshot_sensor import SnapshotCursorError, build_snapshot_sensor
 from social_enrich_tests.emulated_azure import append_posts
@@ -47,7 +47,7 @@ class Sensor:
         asset = build_enrichment_asset(job)
         self.definition = build_snapshot_sensor(job, asset)
         self.defs = dg.Definitions(assets=[*gold_source_assets([job]), asset], sensors=[self.definition],
-                                   resources=default_resources())
+                                   resources=environment_resources())
         self.cursor: str | None = None
 
     def tick(self, cursor: str | None = None) -> dg.SensorResult:

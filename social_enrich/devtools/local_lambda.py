@@ -4,7 +4,8 @@
 calls, ``invoke``: the payload goes to a fresh ``python -m social_enrich.devtools.local_lambda``,
 whose stdout and stderr are the function's log (the last 4 KB come back as ``LogResult``, as from
 Lambda), whose result is the response payload, and which is killed at the function's timeout.
-Use it for development (``SOCIAL_ENRICH_LAMBDA_LOCAL=1``) and tests; moto's Lambda needs Docker.
+The local environment's resources choose it (``local_lambda_resource.LocalLambdaResource``); elsewhere ``SOCIAL_ENRICH_LAMBDA_LOCAL=1``
+does, for development and tests; moto's Lambda needs Docker.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import openai
 from pydantic import BaseModel
 
 from social_enrich.config import InferenceConfig
-from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_ANSWER, FILTERED_PROMPT
+from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_ANSWER, FILTERED_PROMPT, AzureOpenAIProvider
 from social_enrich.inference.packing import UnreadableAnswer, build_messages, match_answer, response_format
 from social_enrich.inference.provider import PostToScore, ScoreResult
 from social_enrich.inference.usage import Usage
@@ -34,9 +34,10 @@ class RequestFile:
     custom_ids: list[str]
 
 
-def request_line(custom_id: str, inference: InferenceConfig, response_model: type[BaseModel], posts: Sequence[PostToScore]) -> bytes:
+def request_line(custom_id: str, deployment: str, inference: InferenceConfig, response_model: type[BaseModel],
+                 posts: Sequence[PostToScore]) -> bytes:
     body = {
-        "model": inference.model,
+        "model": deployment,
         "messages": build_messages(inference.prompt, list(posts)),
         "response_format": response_format(response_model),
         "max_tokens": ANSWER_OVERHEAD_TOKENS + len(posts) * inference.max_output_tokens_per_post,
@@ -121,10 +122,16 @@ def parse_jsonl(content: bytes) -> Iterator[dict[str, Any]]:
 
 
 class AzureBatchClient:
-    """Upload, create, retrieve, cancel and download, through the openai SDK's Azure client."""
+    """Upload, create, retrieve, cancel and download, through the openai SDK's Azure client, for the
+    provider's deployment; answers are cached under the provider's cache identity, as realtime ones."""
 
-    def __init__(self, client: openai.AzureOpenAI) -> None:
+    def __init__(self, client: openai.AzureOpenAI, provider: AzureOpenAIProvider) -> None:
         self.client = client
+        self.model_id, self.deployment, self.cache_identity = provider.model_id, provider.deployment, provider.cache_identity
+
+    @classmethod
+    def for_provider(cls, provider: AzureOpenAIProvider) -> AzureBatchClient:
+        return cls(provider.batch_client(), provider)
 
     def submit(self, request_file: RequestFile) -> tuple[str, str, str]:
         """(batch id, status, input file id) of a new batch for the file."""

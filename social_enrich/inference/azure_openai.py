@@ -65,13 +65,20 @@ class AzureOpenAISettings(BaseModel):
     """Connection to an Azure OpenAI resource. The key is read at run time from an environment
     variable or from the AWS Secrets Manager secret named by $OPENAI_SECRET_NAME.
 
-    Plain pydantic, so the Lambda handler needs no Dagster; Dagster's resource is
-    :class:`social_enrich.resources.AzureOpenAIResource`, these same fields."""
+    The azure_openai provider's config: plain pydantic, so the Lambda handler needs no Dagster. The
+    production environment fills it from $AZURE_OPENAI_DEPLOYMENT, $AZURE_OPENAI_RPM and $AZURE_OPENAI_TPM
+    and $SOCIAL_ENRICH_PROVIDER_CONFIG (see environment.py)."""
 
     endpoint: str | None = Field(default=None, description=f"https://<name>.openai.azure.com; default ${ENDPOINT_VAR}.")
     api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version with structured outputs.")
     api_key_env_var: str = Field(default="AZURE_OPENAI_API_KEY", description="Environment variable holding the key.")
     timeout_seconds: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    deployment: str | None = Field(default=None, description="The deployment that serves the job's model; default: the model's name.")
+    model_version: str | None = Field(
+        default=None, description="The deployed model's version (e.g. 2024-07-18): part of the cache identity, with the model."
+    )
+    requests_per_minute: int | None = Field(default=None, gt=0, description="The deployment's RPM; default: the job's rate_limit.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="The deployment's TPM; default: the job's rate_limit.")
 
     def resolved_endpoint(self) -> str | None:
         return self.endpoint or os.environ.get(ENDPOINT_VAR) or None
@@ -105,7 +112,16 @@ class AzureOpenAISettings(BaseModel):
 
     def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
         args, settings = self._connection()
-        return AzureOpenAIProvider(args, inference, response_model, settings)
+        return AzureOpenAIProvider(args, self._deployed(inference), response_model, settings, self.deployment, self.model_version)
+
+    def _deployed(self, inference: InferenceConfig) -> InferenceConfig:
+        """The job's settings with this deployment's quota, where the deployment states one."""
+        limits = inference.rate_limit
+        quota = limits.model_copy(update={
+            "requests_per_minute": self.requests_per_minute or limits.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute or limits.tokens_per_minute,
+        })
+        return inference.model_copy(update={"rate_limit": quota})
 
     def batch_client(self) -> openai.AzureOpenAI:
         """A client for the Files and Batches APIs; the SDK's own retries suit these few calls."""
@@ -183,10 +199,19 @@ def _waiter(retry: RetryConfig) -> Callable[[RetryCallState], float]:
 
 class AzureOpenAIProvider:
     caches_responses = True
+    Config = AzureOpenAISettings
+
+    @classmethod
+    def from_config(cls, config: AzureOpenAISettings, job: Any) -> AzureOpenAIProvider:
+        return config.build_provider(job.inference, job.response_model)
 
     def __init__(self, client_args: dict[str, Any], inference: InferenceConfig, response_model: type[BaseModel],
-                 setting_names: SettingNames = SettingNames()) -> None:
+                 setting_names: SettingNames = SettingNames(), deployment: str | None = None,
+                 model_version: str | None = None) -> None:
         self.model_id = inference.model
+        self.deployment = deployment or inference.model
+        # The model and its version, not the deployment: two deployments of one model share answers.
+        self.cache_identity = f"{inference.model}@{model_version}" if model_version else inference.model
         self._client_args = client_args
         self.setting_names = setting_names
         self.inference = inference
@@ -199,7 +224,11 @@ class AzureOpenAIProvider:
         self.peak_concurrency = 0
 
     def __repr__(self) -> str:  # never show the key
-        return f"AzureOpenAIProvider(deployment={self.model_id!r}, endpoint={self._client_args['azure_endpoint']!r})"
+        return f"AzureOpenAIProvider(deployment={self.deployment!r}, endpoint={self._client_args['azure_endpoint']!r})"
+
+    def batch_client(self) -> openai.AzureOpenAI:
+        """A client for the Files and Batches APIs; the SDK's own retries suit these few calls."""
+        return openai.AzureOpenAI(**{**self._client_args, "max_retries": 2})
 
     def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]:
         """One result per post; raises :class:`EndpointRejectedError` when the endpoint rejects the run
@@ -240,7 +269,7 @@ class AzureOpenAIProvider:
 
     def rejection(self, status: int, code: str | None, server_message: str) -> str:
         """The cause and the remedy of an HTTP status in REJECTING_STATUSES, in one line."""
-        endpoint, deployment, names = self._client_args["azure_endpoint"], self.model_id, self.setting_names
+        endpoint, deployment, names = self._client_args["azure_endpoint"], self.deployment, self.setting_names
         if status == 404 and code == "DeploymentNotFound":
             return f"HTTP 404: no deployment named {deployment} at {endpoint}: check inference.model / $AZURE_OPENAI_DEPLOYMENT"
         if status == 404:
@@ -340,7 +369,7 @@ class _PackRun:
             rejection, connect_failed = None, False
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(
-                    model=p.model_id, messages=messages, response_format=p.response_format, max_tokens=max_tokens  # type: ignore[arg-type]
+                    model=p.deployment, messages=messages, response_format=p.response_format, max_tokens=max_tokens  # type: ignore[arg-type]
                 )
             except openai.RateLimitError as e:
                 p.usage.throttled += 1

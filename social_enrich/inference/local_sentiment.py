@@ -1,4 +1,4 @@
-"""The local provider: a lexicon model built for social-media text (VADER), no network needed."""
+"""The local provider, and its built-in model: a lexicon model built for social-media text (VADER), no network needed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from social_enrich.config import JobConfigError, LocalModelRef
+from social_enrich.environment import ENVIRONMENT_VAR
+from social_enrich.errors import SocialEnrichError
+from social_enrich.plugins import resolve_local_model
 from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
 from social_enrich.inference.response_models import Sentiment
 from social_enrich.inference.usage import Usage
@@ -86,22 +90,64 @@ class VaderSentimentModel:
         return any(c.isascii() and c.isalnum() or c in emojis for c in word)
 
 
+class LocalModelMissingError(JobConfigError, SocialEnrichError):
+    """The environment runs the local model, and the job names none: a job problem, not an Azure one."""
+
+
+class LocalProviderConfig(BaseModel):
+    """The local provider's own settings: by default each job's ``inference.local_model``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: LocalModelRef | None = Field(default=None, description="Run this local model instead of each job's own.")
+
+
 class LocalProvider:
-    """Runs a local model post by post; a post the model cannot handle fails alone."""
+    """Runs a local model on a list of posts; a post the model cannot handle fails alone.
+
+    A model with ``score_batch(posts)`` (a list of PostToScore in, one answer per post out) scores the
+    list at once, so it can vectorise; otherwise ``score(fields, text)`` is called post by post."""
 
     caches_responses = False  # scoring again is cheaper than a cache lookup
+    Config = LocalProviderConfig
+
+    @classmethod
+    def from_config(cls, config: LocalProviderConfig, job: Any) -> LocalProvider:
+        ref = config.model or job.inference.local_model
+        if ref is None:
+            raise LocalModelMissingError(
+                f"{job.path or 'job ' + repr(job.name)}: job '{job.name}' runs the local model (the environment is local: "
+                f"${ENVIRONMENT_VAR} is unset or local) but sets no inference.local_model: set inference.local_model "
+                f"(e.g. vader), or run it where {ENVIRONMENT_VAR}=production (Azure OpenAI at $AZURE_OPENAI_ENDPOINT)"
+            )
+        model_class = resolve_local_model(ref.name)
+        try:
+            model = model_class(**ref.args)
+        except TypeError as e:
+            raise LocalModelMissingError(
+                f"{job.path or 'job ' + repr(job.name)}: inference.local_model '{ref.name}' cannot be built with args "
+                f"{sorted(ref.args)}: {e}"
+            ) from e
+        return cls(model, job.response_model)
 
     def __init__(self, model: Any, response_model: type[BaseModel]) -> None:
         self._model = model
         self._response_model = response_model
         self.model_id = getattr(model, "model_id", type(model).__name__)
+        self.cache_identity = self.model_id
         self.usage = Usage()
 
     def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]:
+        answers: Sequence[Any] | None = None
+        if posts and callable(getattr(self._model, "score_batch", None)):
+            answers = self._model.score_batch(list(posts))
+            if len(answers) != len(posts):
+                raise ValueError(f"local model {self.model_id}: score_batch gave {len(answers)} answers for {len(posts)} posts")
         results = []
         for i, post in enumerate(posts):
             try:
-                answer = self._model.score(post.fields, post.text)
+                answer = answers[i] if answers is not None else self._model.score(post.fields, post.text)
+                if isinstance(answer, Exception):
+                    raise answer
                 # Validate like an LLM answer: a local model must honour the same contract.
                 response = self._response_model.model_validate(answer, from_attributes=True)
                 result = ScoreResult("ok", response)

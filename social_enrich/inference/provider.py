@@ -37,12 +37,16 @@ ResultCallback = Callable[[int, ScoreResult], None]  # (position in the posts, i
 class Provider(Protocol):
     """Scores posts; one result per post, in order. A post's failure is a result, never an exception.
 
+    A provider class is named by the environment (a built-in name or module:Class, see plugins.py) and
+    built by ``from_config(config, job)`` from its own pydantic ``Config``.
+
     ``on_result`` hears of every result as soon as it is known, so the caller can checkpoint and
     report progress while the rest are still being scored. ``caches_responses`` says whether answers
     are worth keeping (they cost money) or cheaper to compute again (a local model).
     """
 
-    model_id: str
+    model_id: str  # the model column of the rows it answers
+    cache_identity: str  # the model and its version (never a deployment name): what the response cache keys on
     caches_responses: bool
     usage: Usage  # model calls made so far; zero for a local model
 

@@ -20,22 +20,41 @@ from social_enrich.batch_enrichment import DayWritten, collect_batches
 from social_enrich.config import JobConfig
 from social_enrich.environment import batch_store_path
 from social_enrich.inference.azure_batch import AzureBatchClient
-from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAISettings
+from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider
 from social_enrich.inference.batch_store import BatchStore
 from social_enrich.inference.credentials import CredentialsError
-from social_enrich.resources import AzureOpenAIResource
+from social_enrich.resources import ModelProviderResource
 from social_enrich.lakehouse.catalog import open_catalog
 
 
 class _AzureWhenNeeded(AzureBatchClient):
-    """Builds the SDK client on first use, so a tick that calls no Azure API needs no Azure settings."""
+    """Builds the provider and its SDK client on first use, so a tick that calls no Azure API needs no Azure settings."""
 
-    def __init__(self, settings: AzureOpenAISettings) -> None:  # no super().__init__: ``client`` is built later
-        self._settings = settings
+    def __init__(self, job: JobConfig, model_provider: ModelProviderResource) -> None:  # no super().__init__: built later
+        self._job, self._model_provider = job, model_provider
+
+    @cached_property
+    def _provider(self) -> AzureOpenAIProvider:
+        provider = self._model_provider.build(self._job)
+        if not isinstance(provider, AzureOpenAIProvider):
+            raise AzureOpenAIConfigError(f"this environment's provider is {self._model_provider.provider}, not azure_openai")
+        return provider
 
     @cached_property
     def client(self) -> openai.AzureOpenAI:  # type: ignore[override]
-        return self._settings.batch_client()
+        return self._provider.batch_client()
+
+    @property
+    def model_id(self) -> str:  # type: ignore[override]
+        return self._provider.model_id
+
+    @property
+    def deployment(self) -> str:  # type: ignore[override]
+        return self._provider.deployment
+
+    @property
+    def cache_identity(self) -> str:  # type: ignore[override]
+        return self._provider.cache_identity
 
 
 def _work_queued(job: JobConfig) -> bool:
@@ -78,11 +97,11 @@ def build_batch_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.SensorD
         default_status=dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED,
         description=f"Polls the Azure OpenAI batches of job '{job.name}', writes and materializes the days they complete.",
     )
-    def _poll(context: dg.SensorEvaluationContext, azure_openai: AzureOpenAIResource) -> dg.SensorResult:
+    def _poll(context: dg.SensorEvaluationContext, model_provider: ModelProviderResource) -> dg.SensorResult:
         if not _work_queued(job):
             return dg.SensorResult(skip_reason=dg.SkipReason(f"no Batch API work queued for job '{job.name}'"))
         try:
-            report = collect_batches(job, open_catalog(job.connector), _AzureWhenNeeded(azure_openai), context.log)
+            report = collect_batches(job, open_catalog(job.connector), _AzureWhenNeeded(job, model_provider), context.log)
         except (AzureOpenAIConfigError, CredentialsError) as e:
             # The work stays queued; the next tick after the setting is fixed carries on.
             return dg.SensorResult(skip_reason=dg.SkipReason(f"job '{job.name}' has Batch API work queued, but Azure OpenAI is not configured: {e}"))
