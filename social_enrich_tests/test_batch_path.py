@@ -17,7 +17,7 @@ import pytest
 from social_enrich import batch_enrichment
 from social_enrich.definitions import build_definitions
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
-from social_enrich.environment import batch_store_path, default_state_store
+from social_enrich.environment import batch_store_path, default_state_store, response_cache_path
 from social_enrich.inference.azure_batch import request_files
 from social_enrich.resources import AzureOpenAIResource
 from social_enrich.state.sqlite import SQLiteState
@@ -76,7 +76,15 @@ def realtime_target(tmp_path: Path, instance: dg.DagsterInstance, catalog, defs:
     return comparable(read_target(catalog))
 
 
-def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emulator, seeded, catalog, instance, tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend of the state store, chosen as a deployment does: $SOCIAL_ENRICH_STATE_URL."""
+    if request.param == "postgres":
+        monkeypatch.setenv("SOCIAL_ENRICH_STATE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
+def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emulator, seeded, catalog, instance, tmp_path, state_backend):
     defs = defs_with(tmp_path)
     for day in DAYS:
         result = materialize_day(instance, day, defs=defs, run_config=BATCH)
@@ -102,6 +110,8 @@ def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emula
     before = emulator.stats["requests"]
     assert realtime_target(tmp_path, instance, catalog, defs) == batch_rows
     assert emulator.stats["requests"] == before
+    # On PostgreSQL the state folder holds none of it.
+    assert (state_backend == "sqlite") == batch_store_path().exists() == response_cache_path().exists()
 
 
 def test_a_post_touched_again_while_its_batch_waits_stays_on_its_later_day(emulator, seeded, catalog, instance, tmp_path):
