@@ -104,11 +104,13 @@ def _server(bindir: Path, prefix: list[str], user: pwd.struct_passwd | None, bas
         for path in (base, sockets, base / "pwfile"):
             os.chown(path, user.pw_uid, user.pw_gid)
     log = base / "postgres.log"
-    subprocess.run(
+    initdb = subprocess.run(
         [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, f"--pwfile={base / 'pwfile'}",
          "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8", "--no-locale", "--no-sync"],
-        check=True, capture_output=True, timeout=START_SECONDS, cwd=base,
+        capture_output=True, text=True, timeout=START_SECONDS, cwd=base,
     )  # fmt: skip
+    if initdb.returncode != 0:
+        raise RuntimeError(f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}")
     port = _free_port()
     with open(log, "ab") as out:
         server = subprocess.Popen(
