@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -290,3 +291,39 @@ def test_a_wrong_password_fails_clearly_without_showing_it(postgres_url: str):
     assert message.startswith("cannot connect to the state store postgresql://social_enrich_test:***@127.0.0.1:")
     assert "password authentication failed" in message and "$SOCIAL_ENRICH_STATE_URL" in message
     assert "x9Secret" not in message and e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_a_sqlite_store_from_before_intents_opens_with_its_batch_in_flight(state_home: Path):
+    # The tables as the store wrote them before intents existed, with one batch in flight.
+    state = open_state_store("")
+    state.batches_path.parent.mkdir(parents=True)
+    with sqlite3.connect(state.batches_path) as db:
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO days VALUES ('sentiment', '2026-11-01', 2, '2026-11-01T00:00:00+00:00', 0, NULL)")
+        db.executemany("INSERT INTO posts (job, day, post_key, input_hash, truncated, fields, attempts, custom_id, batch_id, pack_position)"
+                       " VALUES ('sentiment', '2026-11-01', ?, 'h', 0, '{}', ?, ?, ?, 0)",
+                       [("1", 1, "req-old", "batch-old"), ("2", 0, None, None)])
+        db.execute("INSERT INTO batches (batch_id, job, status, input_file_id, requests, submitted_at)"
+                   " VALUES ('batch-old', 'sentiment', 'in_progress', 'file-old', 1, '2026-11-01T00:00:00+00:00')")
+    db.close()
+    with state.batch_store() as store:
+        assert [b.batch_id for b in store.open_batches(JOB)] == ["batch-old"]
+        assert [p.key for p in store.batch_requests(JOB, "batch-old")["req-old"]] == [1]
+        ((intent, _),) = store.claim(JOB, lambda waiting: [(None, {"req-new": waiting})])
+        store.record_batch(JOB, intent.intent_id, "batch-new", "validating", "file-new")
+        assert [p.key for p in store.batch_requests(JOB, "batch-new")["req-new"]] == [2]
+
+
+OLD_SCHEMA = """
+CREATE TABLE days (job TEXT NOT NULL, day TEXT NOT NULL, posts INTEGER NOT NULL, queued_at TEXT NOT NULL,
+    realtime INTEGER NOT NULL DEFAULT 0, may_live_on TEXT, PRIMARY KEY (job, day));
+CREATE TABLE posts (job TEXT NOT NULL, day TEXT NOT NULL, post_key TEXT NOT NULL, update_time TEXT, input_hash TEXT NOT NULL,
+    truncated INTEGER NOT NULL, fields TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    custom_id TEXT, batch_id TEXT, pack_position INTEGER, status TEXT, response TEXT, error TEXT,
+    prompt_tokens REAL NOT NULL DEFAULT 0, completion_tokens REAL NOT NULL DEFAULT 0, cached_tokens REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (job, day, post_key));
+CREATE INDEX posts_by_request ON posts (custom_id);
+CREATE TABLE batches (batch_id TEXT PRIMARY KEY, job TEXT NOT NULL, status TEXT NOT NULL, input_file_id TEXT NOT NULL,
+    output_file_id TEXT, error_file_id TEXT, requests INTEGER NOT NULL, completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0, submitted_at TEXT NOT NULL, closed_at TEXT, note TEXT);
+"""
