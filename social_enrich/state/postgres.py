@@ -171,5 +171,8 @@ class PostgresState(StateStore):
     def _connect(self, which: str) -> PostgresConnection:
         return PostgresConnection(self._url)
 
+    def shared_locks(self) -> PostgresConnection:
+        return PostgresConnection(self._url)
+
     def __repr__(self) -> str:
         return f"PostgresState({self.url!r})"

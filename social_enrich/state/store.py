@@ -71,6 +71,11 @@ class StateStore(abc.ABC):
         with self.batch_store() as store:
             return bool(store.open_days(job) or store.open_batches(job) or store.unrecorded_intents(job))
 
+    def shared_locks(self) -> Connection | None:
+        """A session whose ``try_lock`` locks hold on every host that shares this store (closing it
+        releases them), or None when the store is one host's (SQLite) and file locks do."""
+        return None
+
     @abc.abstractmethod
     def _connect(self, which: str) -> Connection:
         """A new connection to the database of ``which``: "cache" or "batches"."""
