@@ -34,8 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     SOCIAL_ENRICH_ENV=production
 # Instance and workspace configuration are baked in read-only (owned by root); the folders
 # themselves belong to the app user, as Dagster writes small files under DAGSTER_HOME and
-# social_enrich keeps its response cache and batch store under SOCIAL_ENRICH_HOME (mount a volume
-# there, e.g. EFS on ECS, so they outlive a task).
+# social_enrich keeps its response cache and batch store under SOCIAL_ENRICH_HOME when
+# SOCIAL_ENRICH_STATE_URL is empty (SQLite, one host; deployments set a postgresql:// URL instead).
 RUN mkdir -p "$DAGSTER_HOME" "$SOCIAL_ENRICH_HOME" \
     && chown 10001:10001 "$DAGSTER_HOME" "$SOCIAL_ENRICH_HOME"
 COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml

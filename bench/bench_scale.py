@@ -388,7 +388,8 @@ def child_azure(params: dict) -> dict:
 
 
 def measure_rerun(home: Path, posts: int, day: dt.date) -> dict:
-    from social_enrich.environment import response_cache_path
+    from social_enrich.environment import default_state_store
+    from social_enrich.state.sqlite import SQLiteState
 
     print(f"3. re-run: seeding {posts:,} posts on {day} in a separate process ...", flush=True)
     seeded = seed(home, posts, day)
@@ -396,7 +397,10 @@ def measure_rerun(home: Path, posts: int, day: dt.date) -> dict:
     env = {"SOCIAL_ENRICH_ENV": "production", "AZURE_OPENAI_ENDPOINT": emulator.endpoint, "AZURE_OPENAI_API_KEY": API_KEY, "AZURE_OPENAI_DEPLOYMENT": DEPLOYMENT,
            "AZURE_OPENAI_RPM": str(EMULATOR_RPM), "AZURE_OPENAI_TPM": str(EMULATOR_TPM)}
     os.environ["SOCIAL_ENRICH_HOME"] = str(home)
-    cache = response_cache_path()
+    state = default_state_store()
+    if not isinstance(state, SQLiteState):  # "no cache file" deletes the file: the embedded backend only
+        raise SystemExit(f"bench: the re-run measure needs the SQLite state store, not {state!r}: unset SOCIAL_ENRICH_STATE_URL")
+    cache = state.cache_path
     print(f"   seeded in {seeded:.0f} s; emulator {emulator.endpoint} (no latency, no faults, RPM {EMULATOR_RPM:,}); "
           "each run in a fresh process ...", flush=True)
     runs = {}

@@ -21,16 +21,22 @@ from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig
 from social_enrich.enrichment import days_between, prepare_chunk, read_posts_to_send, result_rows
-from social_enrich.environment import batch_store_path, response_cache_path
-from social_enrich.inference.azure_batch import AzureBatchClient, BatchAnswers, new_custom_id, parse_jsonl, read_output_line, request_files, request_line
-from social_enrich.inference.batch_store import OPEN_STATUSES, BatchStore, QueuedPost
+from social_enrich.environment import default_state_store
+from social_enrich.inference.azure_batch import (
+    AzureBatchClient, BatchAnswers, RequestFile, new_custom_id, parse_jsonl, read_output_line, request_files, request_line,
+)  # fmt: skip
 from social_enrich.inference.provider import PostToScore, ScoreResult
-from social_enrich.inference.response_cache import ResponseCache, cache_key
+from social_enrich.state import StateStore
+from social_enrich.state.batch_store import OPEN_STATUSES, BatchStore, Intent, QueuedPost
+from social_enrich.state.response_cache import ResponseCache, cache_key
 from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich.lakehouse.target_table import open_target, write_days
 
 CHUNK_POSTS = 10_000
+INTENT_KEY, JOB_KEY = "social_enrich_intent", "social_enrich_job"  # the metadata a batch is created with
+SUBMIT_LOCK_WAIT_SECONDS = 60.0  # how long a submitter waits for another of the same job before leaving it to the poller
+CLOCK_SLACK_SECONDS = 600.0  # Azure's clock may differ from ours: an intent's batch is looked for this much earlier
 
 
 @dataclass
@@ -78,12 +84,14 @@ def _cache_key(client: AzureBatchClient, job: JobConfig, input_hash: str) -> str
 
 
 def submit_days(
-    job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, client: AzureBatchClient, log: logging.Logger
+    job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, client: AzureBatchClient, log: logging.Logger,
+    state: StateStore | None = None,
 ) -> SubmitReport:
+    state = state or default_state_store()
     posts, send = read_posts_to_send(catalog, job, first, last, log)
     report = SubmitReport(posts=posts.posts.num_rows)
     queued: list[QueuedPost] = []
-    cache = ResponseCache(response_cache_path()) if job.inference.cache else None
+    cache = state.response_cache() if job.inference.cache else None
     try:
         for start in range(0, posts.posts.num_rows, CHUNK_POSTS):
             rows = posts.posts.slice(start, CHUNK_POSTS)
@@ -104,35 +112,79 @@ def submit_days(
     finally:
         if cache is not None:
             cache.close()
-    with BatchStore(batch_store_path()) as store:
+    with state.batch_store() as store:
         store.queue_days(job.name, days_between(first, last), queued, posts.version_days if posts.versions_complete else None)
         report.batches, report.requests = send_unsent(job, store, client, log)
     return report
 
 
-def send_unsent(job: JobConfig, store: BatchStore, client: AzureBatchClient, log: logging.Logger) -> tuple[list[str], int]:
-    """Submit every queued post without an answer or a request; fail those out of attempts."""
+def send_unsent(job: JobConfig, store: BatchStore, client: AzureBatchClient, log: logging.Logger,
+                wait_seconds: float = SUBMIT_LOCK_WAIT_SECONDS) -> tuple[list[str], int]:
+    """Submit every queued post without an answer or a request; fail those out of attempts.
+
+    Under the job's submit lock: first what a submitter that died left (:func:`_resume_intents`), then
+    the unsent posts, claimed as intents in the store before anything is uploaded."""
     settings = job.inference.batch
-    waiting = store.unsent(job.name)
-    spent = [p for p in waiting if p.attempts >= settings.max_attempts]
-    if spent:
-        error = f"no batch answer after {settings.max_attempts} batches (inference.batch.max_attempts)"
-        store.settle(job.name, [(p, ScoreResult.failed(error), Usage()) for p in spent])
-        log.warning("%d posts failed: %s", len(spent), error)
-    waiting = [p for p in waiting if p.attempts < settings.max_attempts]
-    size = job.inference.posts_per_request
-    requests = {new_custom_id(): waiting[n : n + size] for n in range(0, len(waiting), size)}
-    lines = [
-        (cid, request_line(cid, client.deployment, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts]))
-        for cid, posts in requests.items()
-    ]
-    batch_ids = []
-    for request_file in request_files(lines, settings.requests_per_file, settings.max_file_bytes):
-        batch_id, status, file_id = client.submit(request_file)
-        store.record_batch(job.name, batch_id, status, file_id, {cid: requests[cid] for cid in request_file.custom_ids})
-        log.info("batch %s: %d requests, %d bytes, status %s", batch_id, len(request_file.custom_ids), len(request_file.content), status)
-        batch_ids.append(batch_id)
-    return batch_ids, len(requests)
+    with store.submitting(job.name, wait_seconds) as ours:
+        if not ours:
+            log.info("another process is submitting job '%s' (its submit lock stayed held for %.0f s); "
+                     "what it leaves unsent goes with the next poll", job.name, wait_seconds)
+            return [], 0
+        batch_ids, sent = _resume_intents(job, store, client, log)
+        spent = [p for p in store.unsent(job.name) if p.attempts >= settings.max_attempts]
+        if spent:
+            error = f"no batch answer after {settings.max_attempts} batches (inference.batch.max_attempts)"
+            store.settle(job.name, [(p, ScoreResult.failed(error), Usage()) for p in spent])
+            log.warning("%d posts failed: %s", len(spent), error)
+        size = job.inference.posts_per_request
+
+        def plan(waiting: list[QueuedPost]) -> list[tuple[RequestFile, dict[str, list[QueuedPost]]]]:
+            waiting = [p for p in waiting if p.attempts < settings.max_attempts]
+            requests = {new_custom_id(): waiting[n : n + size] for n in range(0, len(waiting), size)}
+            lines = [(cid, _request_line(job, client, cid, posts)) for cid, posts in requests.items()]
+            return [(f, {cid: requests[cid] for cid in f.custom_ids})
+                    for f in request_files(lines, settings.requests_per_file, settings.max_file_bytes)]
+
+        for intent, request_file in store.claim(job.name, plan):
+            batch_ids.append(_submit(job, store, client, intent, request_file, log))
+            sent += len(request_file.custom_ids)
+    return batch_ids, sent
+
+
+def _request_line(job: JobConfig, client: AzureBatchClient, custom_id: str, posts: list[QueuedPost]) -> bytes:
+    return request_line(custom_id, client.deployment, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts])
+
+
+def _submit(job: JobConfig, store: BatchStore, client: AzureBatchClient, intent: Intent, request_file: RequestFile,
+            log: logging.Logger) -> str:
+    batch_id, status, file_id = client.submit(request_file, {INTENT_KEY: intent.intent_id, JOB_KEY: job.name[:512]})
+    store.record_batch(job.name, intent.intent_id, batch_id, status, file_id)
+    log.info("batch %s: %d requests, %d bytes, status %s", batch_id, len(request_file.custom_ids), len(request_file.content), status)
+    return batch_id
+
+
+def _resume_intents(job: JobConfig, store: BatchStore, client: AzureBatchClient, log: logging.Logger) -> tuple[list[str], int]:
+    """Intents whose submitter stopped between claiming and recording (a crash, Azure down): a batch
+    Azure has for one (its metadata names the intent) is adopted, not paid again; else it is submitted now."""
+    batch_ids, sent = [], 0
+    for intent in store.unrecorded_intents(job.name):
+        found = client.find(INTENT_KEY, intent.intent_id, intent.created_at.timestamp() - CLOCK_SLACK_SECONDS)
+        if found is not None:
+            batch_id, status, file_id = found
+            store.record_batch(job.name, intent.intent_id, batch_id, status, file_id)
+            log.warning("batch %s of %s was created but never recorded (its submitter stopped): adopted, not submitted again",
+                        batch_id, intent.intent_id)
+            batch_ids.append(batch_id)
+            continue
+        requests = store.intent_requests(job.name, intent.intent_id)
+        if not requests:  # its days were written meanwhile
+            store.drop_intent(job.name, intent.intent_id)
+            continue
+        content = b"".join(_request_line(job, client, cid, posts) for cid, posts in requests.items())
+        log.warning("%s was claimed but never reached Azure (its submitter stopped): submitting it now", intent.intent_id)
+        batch_ids.append(_submit(job, store, client, intent, RequestFile(content, list(requests)), log))
+        sent += len(requests)
+    return batch_ids, sent
 
 
 def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_id: str, status: str, output: str | None,
@@ -175,12 +227,13 @@ def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_
 
 
 def collect_batches(job: JobConfig, catalog: Catalog, client: AzureBatchClient, log: logging.Logger,
-                    now: dt.datetime | None = None) -> PollReport:
+                    now: dt.datetime | None = None, state: StateStore | None = None) -> PollReport:
     now = now or dt.datetime.now(dt.timezone.utc)
+    state = state or default_state_store()
     settings = job.inference.batch
     report = PollReport()
-    with BatchStore(batch_store_path()) as store:
-        cache = ResponseCache(response_cache_path()) if job.inference.cache else None
+    with state.batch_store() as store:
+        cache = state.response_cache() if job.inference.cache else None
         try:
             requeued: list[QueuedPost] = []
             for record in store.open_batches(job.name):
@@ -215,11 +268,11 @@ def collect_batches(job: JobConfig, catalog: Catalog, client: AzureBatchClient, 
     return report
 
 
-def forget_written_days(job: JobConfig, days: list[dt.date]) -> None:
+def forget_written_days(job: JobConfig, days: list[dt.date], state: StateStore | None = None) -> None:
     """A realtime run wrote these days: batch work queued for them is obsolete."""
-    path = batch_store_path()
-    if path.exists():
-        with BatchStore(path) as store:
+    state = state or default_state_store()
+    if state.batch_store_exists():
+        with state.batch_store() as store:
             store.forget_days(job.name, days)
 
 

@@ -25,13 +25,13 @@ from pyiceberg.types import StringType
 
 from social_enrich.config import JobConfig
 from social_enrich.day_locks import scoring_days
-from social_enrich.environment import response_cache_path
+from social_enrich.environment import default_state_store
 from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
 from social_enrich.inference.request_fields import request_rows
-from social_enrich.inference.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
+from social_enrich.state.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
 from social_enrich.unchanged_posts import TargetAnswers
 from social_enrich.lakehouse.partition_scan import (
     PartitionPosts,
@@ -535,7 +535,9 @@ def enrich_days(
     cache = None
     if provider.caches_responses and job.inference.cache:
         # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
-        cache = ResponseCache(response_cache_path(), lambda: answers_in_target(job, catalog, first, last, provider.model_id, provider.cache_identity))
+        cache = default_state_store().response_cache(
+            lambda: answers_in_target(job, catalog, first, last, provider.model_id, provider.cache_identity)
+        )
     # A paid model: one run at a time scores and writes a day, so a second run of a cold day reuses the
     # first's answers (from the target, or the cache if the first was stopped) instead of paying again.
     locks = scoring_days(job.name, days_between(first, last), log) if cache is not None else nullcontext()

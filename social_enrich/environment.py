@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from social_enrich.errors import SocialEnrichError
 
@@ -32,8 +32,12 @@ AZURE_SETTINGS_VARS = {
     "tokens_per_minute": "AZURE_OPENAI_TPM",
 }
 
+if TYPE_CHECKING:
+    from social_enrich.state import StateStore
+
 STATE_DIR_VAR = "SOCIAL_ENRICH_HOME"
 JOBS_DIR_VAR = "SOCIAL_ENRICH_JOBS_DIR"
+STATE_URL_VAR = "SOCIAL_ENRICH_STATE_URL"
 DEFAULT_STATE_DIR = ".social_enrich"
 
 BUILTIN_JOBS_DIR = Path(__file__).parent / "jobs"
@@ -55,12 +59,12 @@ def embedded_catalog_properties() -> dict[str, str]:
 
 
 def response_cache_path() -> Path:
-    """The SQLite file that keeps every paid model answer (see inference/response_cache.py)."""
+    """The SQLite file that keeps every paid model answer, on the SQLite backend (see state/response_cache.py)."""
     return state_dir() / "response_cache.sqlite3"
 
 
 def batch_store_path() -> Path:
-    """The SQLite file that records Batch API work in flight (see inference/batch_store.py)."""
+    """The SQLite file that records Batch API work in flight, on the SQLite backend (see state/batch_store.py)."""
     return state_dir() / "batches.sqlite3"
 
 
@@ -98,3 +102,16 @@ def provider_choice() -> tuple[str, dict[str, Any]]:
         from_env = {field: os.environ[var] for field, var in AZURE_SETTINGS_VARS.items() if os.environ.get(var)}
         config = {**from_env, **config}
     return name, config
+
+
+def state_url() -> str:
+    """Where the response cache and batch store live: ``$SOCIAL_ENRICH_STATE_URL``; empty means
+    SQLite files in the state folder (one host), ``postgresql://...`` a shared server (see social_enrich/state)."""
+    return os.environ.get(STATE_URL_VAR, "").strip()
+
+
+def default_state_store() -> StateStore:
+    """The state store of this environment; cheap: it connects only when a store is opened."""
+    from social_enrich.state import open_state_store  # at run time: importing this module stays light
+
+    return open_state_store(state_url())

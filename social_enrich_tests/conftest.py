@@ -17,6 +17,7 @@ from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator
 from social_enrich.environment import BUILTIN_JOBS_DIR
 from social_enrich.lakehouse.catalog import open_catalog
 from social_enrich_tests.emulator_sdk import sdk_client
+from social_enrich_tests.postgres_server import PostgresServer, running_postgres
 
 SAMPLE_START = dt.date(2026, 11, 1)
 
@@ -29,7 +30,8 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT", "SOCIAL_ENRICH_JOBS_DIR",
                  "SOCIAL_ENRICH_WAREHOUSE", "SOCIAL_ENRICH_START_DATE", "DAGSTER_HOME", "OPENAI_SECRET_NAME",
                  "AZURE_OPENAI_RPM", "AZURE_OPENAI_TPM", "SOCIAL_ENRICH_ENV", "SOCIAL_ENRICH_PROVIDER",
-                 "SOCIAL_ENRICH_PROVIDER_CONFIG", "SOCIAL_ENRICH_LAMBDA_LOCAL"):
+                 "SOCIAL_ENRICH_PROVIDER_CONFIG", "SOCIAL_ENRICH_LAMBDA_LOCAL",
+                 "SOCIAL_ENRICH_STATE_URL"):
         monkeypatch.delenv(name, raising=False)
     return home
 
@@ -62,3 +64,17 @@ def client(emulator: AzureOpenAIEmulator) -> Iterator[openai.AzureOpenAI]:
     """An SDK client of the test module's own ``emulator`` fixture, with that emulator's key."""
     with sdk_client(emulator, emulator.settings.api_key) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (skips, naming the package, when it is not installed)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh database of the session's server, password included (the tests' own, throwaway)."""
+    with postgres_server.new_database() as url:
+        yield url

@@ -17,9 +17,9 @@ import pytest
 from social_enrich import batch_enrichment
 from social_enrich.definitions import build_definitions
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
-from social_enrich.environment import batch_store_path
+from social_enrich.environment import batch_store_path, default_state_store, response_cache_path
 from social_enrich.inference.azure_batch import request_files
-from social_enrich.inference.batch_store import BatchStore
+from social_enrich.state.sqlite import SQLiteState
 from social_enrich.lakehouse.partition_scan import read_partition
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, comparable, read_target
@@ -76,13 +76,21 @@ def realtime_target(tmp_path: Path, instance: dg.DagsterInstance, catalog, defs:
     return comparable(read_target(catalog))
 
 
-def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emulator, seeded, catalog, instance, tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend of the state store, chosen as a deployment does: $SOCIAL_ENRICH_STATE_URL."""
+    if request.param == "postgres":
+        monkeypatch.setenv("SOCIAL_ENRICH_STATE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
+def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emulator, seeded, catalog, instance, tmp_path, state_backend):
     defs = defs_with(tmp_path)
     for day in DAYS:
         result = materialize_day(instance, day, defs=defs, run_config=BATCH)
         assert result.success and result.asset_materializations_for_node(ASSET) == []  # not materialized yet
     assert emulator.stats["batches_created"] == 2
-    with BatchStore(batch_store_path()) as store:
+    with default_state_store().batch_store() as store:
         assert [b["status"] for b in store.batches("sentiment")] == ["validating", "validating"]
 
     results = poll(defs, instance, until_days=2)
@@ -95,20 +103,22 @@ def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emula
     batch_rows = comparable(read_target(catalog))
     keys = [row["post_key"] for row in batch_rows]
     assert len(keys) == len(set(keys))
-    with BatchStore(batch_store_path()) as store:
+    with default_state_store().batch_store() as store:
         assert store.open_days("sentiment") == [] and store.open_batches("sentiment") == []
 
     # The same days realtime: every answer now comes from the response cache the batches filled.
     before = emulator.stats["requests"]
     assert realtime_target(tmp_path, instance, catalog, defs) == batch_rows
     assert emulator.stats["requests"] == before
+    # On PostgreSQL the state folder holds none of it.
+    assert (state_backend == "sqlite") == batch_store_path().exists() == response_cache_path().exists()
 
 
 def test_a_post_touched_again_while_its_batch_waits_stays_on_its_later_day(emulator, seeded, catalog, instance, tmp_path):
     defs = defs_with(tmp_path)
     first, second = (dt.date.fromisoformat(d) for d in DAYS)
     materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)  # queued: the answers are not in yet
-    with BatchStore(batch_store_path()) as store:
+    with default_state_store().batch_store() as store:
         assert first in store.day_may_live_on("sentiment", first)  # the days its posts' versions were written on
     # Meanwhile gold touches one of the day's posts again, on the next day, and that day is run realtime.
     fact = catalog.load_table("gold.fact_social_media_reaction_post")
@@ -134,7 +144,7 @@ def test_a_store_from_before_may_live_on_opens_and_its_days_may_be_anywhere(tmp_
         db.execute("CREATE TABLE days (job TEXT NOT NULL, day TEXT NOT NULL, posts INTEGER NOT NULL, queued_at TEXT NOT NULL,"
                    " realtime INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job, day))")
         db.execute("INSERT INTO days VALUES ('sentiment', '2026-11-01', 3, '2026-11-02T00:00:00+00:00', 0)")
-    with BatchStore(path) as store:
+    with SQLiteState(tmp_path / "cache.db", path).batch_store() as store:
         assert store.open_days("sentiment") == [dt.date(2026, 11, 1)]
         assert store.day_may_live_on("sentiment", dt.date(2026, 11, 1)) is None  # unknown: the write looks everywhere
         store.queue_days("sentiment", [dt.date(2026, 11, 3)], [], may_live_on=[dt.date(2026, 11, 3), dt.date(2026, 10, 30)])
@@ -208,7 +218,7 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     assert metadata["llm/requests"].value > 0
     context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]})
     assert sensor(context).run_requests == []  # the run wrote the day, so the hand-over is done
-    with BatchStore(batch_store_path()) as store:
+    with default_state_store().batch_store() as store:
         assert store.open_days("sentiment") == []
 
 
@@ -258,7 +268,7 @@ def test_a_day_too_big_for_one_file_goes_in_several_batches(emulator, seeded, ca
     materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
     created = emulator.stats["batches_created"]
     assert created >= 3  # about 200 posts, 20 per request, 3 requests per file
-    with BatchStore(batch_store_path()) as store:
+    with default_state_store().batch_store() as store:
         assert all(b["requests"] <= 3 for b in store.batches("sentiment"))
     poll(defs, instance, until_days=1)
     keys = read_target(catalog)["post_key"].to_pylist()
@@ -291,7 +301,7 @@ def test_the_poller_skips_in_one_line_while_azure_is_not_configured(emulator, se
     assert message.startswith("job 'sentiment' has Batch API work queued, but Azure OpenAI is not configured: ")
     assert f"${unset}" in message and "\n" not in message and API_KEY not in message
     assert result.run_requests == [] and result.asset_events == []
-    with BatchStore(batch_store_path()) as store:
+    with default_state_store().batch_store() as store:
         assert store.open_days("sentiment") == [dt.date.fromisoformat(DAYS[0])]  # nothing lost
     # Once the setting is back, the next ticks carry on.
     monkeypatch.setenv(unset, value)

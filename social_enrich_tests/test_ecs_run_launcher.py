@@ -67,6 +67,7 @@ def registered(ecs, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         SecretString=json.dumps({"OPENAI_API_KEY": "k-test", "OPENAI_API_BASE": "https://example.openai.azure.com"}),
     )["ARN"]
     pg_arn = secrets.create_secret(Name="social-enrich/postgres", SecretString=json.dumps({"username": "dagster", "password": "p"}))["ARN"]
+    state_arn = secrets.create_secret(Name="social-enrich/state-url", SecretString="postgresql://social_enrich:p@db.internal:5432/social_enrich")["ARN"]
     ecs.create_cluster(clusterName=CLUSTER)
     definition = render_task_definition({
         "ECS_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/social-enrich-execution",
@@ -74,7 +75,7 @@ def registered(ecs, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         "IMAGE": IMAGE, "DAGSTER_PG_HOST": "db.internal", "DAGSTER_COMPUTE_LOG_BUCKET": "logs-bucket",
         "SOCIAL_ENRICH_WAREHOUSE": "s3://warehouse/w", "AZURE_OPENAI_DEPLOYMENT": "gpt-4o-mini",
         "AZURE_OPENAI_RPM": "3000", "AZURE_OPENAI_TPM": "500000", "OPENAI_SECRET_ARN": openai_arn,
-        "DAGSTER_PG_SECRET_ARN": pg_arn, "AWS_REGION": REGION, "EFS_FILE_SYSTEM_ID": "fs-12345678",
+        "DAGSTER_PG_SECRET_ARN": pg_arn, "AWS_REGION": REGION, "STATE_URL_SECRET_ARN": state_arn,
     })
     # moto sums container-level memory to place any task, Fargate included; AWS needs none for Fargate
     # (the task-level 2048 applies), so the production file leaves it out.
@@ -218,6 +219,7 @@ def test_the_task_gets_the_model_key_from_secrets_manager_not_from_the_launcher(
     assert secrets["AZURE_OPENAI_API_KEY"] == f"{registered['openai_secret_arn']}:OPENAI_API_KEY::"
     assert secrets["AZURE_OPENAI_ENDPOINT"] == f"{registered['openai_secret_arn']}:OPENAI_API_BASE::"
     assert "DAGSTER_PG_PASSWORD" in secrets
+    assert "SOCIAL_ENRICH_STATE_URL" in secrets  # the state store's URL holds a password: a secret, never a plain variable
     # No secret value travels in RunTask: the overrides carry the command and the size only.
     (override,) = task["overrides"]["containerOverrides"]
     assert set(override) == {"name", "command", "cpu", "memory"}

@@ -432,6 +432,17 @@ def test_batches_list_newest_first_with_limit_and_after(client: openai.AzureOpen
     assert [b.id for b in client.batches.list(limit=2)] == created[::-1]  # auto-paging follows after=
 
 
+def test_a_batch_is_found_again_by_its_metadata_in_retrieve_and_the_list(client: openai.AzureOpenAI):
+    # What a client that crashed before recording its batch id relies on (batch_enrichment.send_unsent).
+    tagged = submit(client, request_lines(1), metadata={"social_enrich_intent": "intent-1", "social_enrich_job": "sentiment"}).id
+    others = [submit(client, request_lines(1), metadata={"social_enrich_intent": f"intent-{n}"}).id for n in (2, 3)]
+    untagged = submit(client, request_lines(1)).id
+    listed = {b.id: b.metadata for b in client.batches.list(limit=1)}  # one per page: the paging finds it too
+    assert list(listed) == [untagged, *others[::-1], tagged] and listed[untagged] is None
+    assert [i for i, m in listed.items() if (m or {}).get("social_enrich_intent") == "intent-1"] == [tagged]
+    assert client.batches.retrieve(tagged).metadata == {"social_enrich_intent": "intent-1", "social_enrich_job": "sentiment"}
+
+
 def test_stats_count_files_batches_and_lines(emulator: AzureOpenAIEmulator, client: openai.AzureOpenAI):
     assert emulator.stats["batches_created"] == 0
     emulator.script_batches("error_lines", "expired", "failed")

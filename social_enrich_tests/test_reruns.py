@@ -64,7 +64,15 @@ def test_gold_updated_in_place_moves_a_post_without_a_second_row_or_losing_its_a
     assert (row["status"], row["label"], row["input_hash"]) == ("ok", before[post]["label"], before[post]["input_hash"])
 
 
-def test_two_runs_of_one_cold_day_pay_for_it_once(emulator, job, seeded, catalog: Catalog, monkeypatch):
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend of the state store: the day locks are file locks with SQLite, advisory locks with PostgreSQL."""
+    if request.param == "postgres":
+        monkeypatch.setenv("SOCIAL_ENRICH_STATE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
+def test_two_runs_of_one_cold_day_pay_for_it_once(emulator, job, seeded, catalog: Catalog, monkeypatch, state_backend):
     emulator.settings.latency_seconds = 0.05  # long enough for the runs to overlap
     reports: list[EnrichmentReport] = []
     errors: list[BaseException] = []

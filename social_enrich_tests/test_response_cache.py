@@ -20,7 +20,7 @@ from social_enrich.config import JobConfig, load_job_config
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich.enrichment import enrich_partition
 from social_enrich.environment import response_cache_path
-from social_enrich.inference.response_cache import cache_key
+from social_enrich.state.response_cache import cache_key
 from social_enrich.inference.response_models import Sentiment
 from social_enrich.inference.selection import environment_provider
 from social_enrich_tests.dagster_helpers import (

@@ -24,6 +24,7 @@ from social_enrich.inference.provider import PostToScore, ScoreResult
 from social_enrich.inference.usage import Usage
 
 COMPLETION_WINDOW = "24h"
+LIST_PAGE = 100  # batches per page of a listing, the API's maximum
 
 
 @dataclass(frozen=True)
@@ -125,21 +126,34 @@ class AzureBatchClient:
     """Upload, create, retrieve, cancel and download, through the openai SDK's Azure client, for the
     provider's deployment; answers are cached under the provider's cache identity, as realtime ones."""
 
-    def __init__(self, client: openai.AzureOpenAI, provider: AzureOpenAIProvider) -> None:
-        self.client = client
-        self.model_id, self.deployment, self.cache_identity = provider.model_id, provider.deployment, provider.cache_identity
+    def __init__(self, client: openai.AzureOpenAI, model_id: str, deployment: str | None = None,
+                 cache_identity: str | None = None) -> None:
+        self.client, self.model_id = client, model_id
+        self.deployment, self.cache_identity = deployment or model_id, cache_identity or model_id
 
     @classmethod
     def for_provider(cls, provider: AzureOpenAIProvider) -> AzureBatchClient:
-        return cls(provider.batch_client(), provider)
+        return cls(provider.batch_client(), provider.model_id, provider.deployment, provider.cache_identity)
 
-    def submit(self, request_file: RequestFile) -> tuple[str, str, str]:
-        """(batch id, status, input file id) of a new batch for the file."""
+    def submit(self, request_file: RequestFile, metadata: dict[str, str] | None = None) -> tuple[str, str, str]:
+        """(batch id, status, input file id) of a new batch for the file, tagged with ``metadata``."""
         uploaded = self.client.files.create(file=("requests.jsonl", request_file.content), purpose="batch")
         batch = self.client.batches.create(
-            input_file_id=uploaded.id, endpoint="/chat/completions", completion_window=COMPLETION_WINDOW
+            input_file_id=uploaded.id, endpoint="/chat/completions", completion_window=COMPLETION_WINDOW,
+            **({"metadata": metadata} if metadata else {}),
         )
         return batch.id, batch.status, uploaded.id
+
+    def find(self, key: str, value: str, created_since: float) -> tuple[str, str, str] | None:
+        """(batch id, status, input file id) of the batch whose ``metadata[key]`` is ``value``, among
+        those created since ``created_since`` (epoch seconds), or None. The list is newest first, so
+        the walk stops at the first older batch: it never reads an account's whole history."""
+        for batch in self.client.batches.list(limit=LIST_PAGE):
+            if batch.created_at < created_since:
+                return None
+            if (batch.metadata or {}).get(key) == value:
+                return batch.id, batch.status, batch.input_file_id
+        return None
 
     def retrieve(self, batch_id: str) -> Any:
         return self.client.batches.retrieve(batch_id)

@@ -18,10 +18,9 @@ import openai
 from social_enrich.assets import batch_sensor_name
 from social_enrich.batch_enrichment import DayWritten, collect_batches
 from social_enrich.config import JobConfig
-from social_enrich.environment import batch_store_path
+from social_enrich.environment import default_state_store
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider
-from social_enrich.inference.batch_store import BatchStore
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.resources import ModelProviderResource
 from social_enrich.lakehouse.catalog import open_catalog
@@ -58,11 +57,7 @@ class _AzureWhenNeeded(AzureBatchClient):
 
 
 def _work_queued(job: JobConfig) -> bool:
-    path = batch_store_path()
-    if not path.exists():  # don't create the store just to look
-        return False
-    with BatchStore(path) as store:
-        return bool(store.open_days(job.name) or store.open_batches(job.name))
+    return default_state_store().has_batch_work(job.name)  # creates no store just to look
 
 
 def day_metadata(job: JobConfig, written: DayWritten) -> dict:

@@ -4,27 +4,41 @@ The key hashes the model, the prompt version, the response schema and the exact 
 change any of them and the post is scored again. Answers are saved in chunks as they arrive, so
 the cache is also the checkpoint of a run that is killed half-way.
 
-Why SQLite in the state folder rather than an Iceberg table: lookups are by key (an Iceberg scan
-cannot prune random hashes, so every lookup would read the whole table), a chunk commits in
-milliseconds without leaving a snapshot behind, and WAL mode lets concurrent runs share it. It
-is in the standard library. On ephemeral compute, put ``SOCIAL_ENRICH_HOME`` on a persistent volume.
+Why a key-value table in the state store rather than an Iceberg table: lookups are by key (an
+Iceberg scan cannot prune random hashes, so every lookup would read the whole table), and a chunk
+commits in milliseconds without leaving a snapshot behind. The state store is SQLite in the state
+folder (one host) or PostgreSQL (every host of a deployment): see ``social_enrich/state/``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
 from social_enrich.inference.provider import ScoreResult
 
+if TYPE_CHECKING:
+    from social_enrich.state.store import Connection
+
 CACHED_STATUSES = ("ok", "filtered")  # failed answers are not kept: they are tried again
 _QUERY_CHUNK = 500  # keys per IN (...) query, under SQLite's variable limit
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS answers ("
+    " key TEXT PRIMARY KEY, status TEXT NOT NULL, response TEXT, error TEXT,"
+    " saved_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+)
+# Both backends: a later answer for a key replaces the earlier one.
+_PUT = (
+    "INSERT INTO answers (key, status, response, error) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET status = excluded.status, response = excluded.response,"
+    " error = excluded.error, saved_at = CURRENT_TIMESTAMP"
+)
 
 
 @lru_cache(maxsize=64)
@@ -42,18 +56,14 @@ class ResponseCache:
     """``fill_on_miss``: answers kept elsewhere (the target table), loaded into the cache once, the
     first time a lookup misses: a warm cache never pays for reading them."""
 
-    def __init__(self, path: Path, fill_on_miss: Callable[[], Iterable[tuple[str, ScoreResult]]] | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    def __init__(self, db: Connection, fill_on_miss: Callable[[], Iterable[tuple[str, ScoreResult]]] | None = None) -> None:
+        self._db = db
         self._fill_on_miss = fill_on_miss
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed chunk
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers ("
-            " key TEXT PRIMARY KEY, status TEXT NOT NULL, response TEXT, error TEXT,"
-            " saved_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-        )
+        try:
+            db.create_schema(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -78,7 +88,7 @@ class ResponseCache:
         for start in range(0, len(keys), _QUERY_CHUNK):
             chunk = keys[start : start + _QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT key, status, response, error FROM answers WHERE key IN ({marks})", chunk)
+            rows = self._db.query(f"SELECT key, status, response, error FROM answers WHERE key IN ({marks})", chunk)
             for key, status, response, error in rows:
                 try:
                     parsed = response_model.model_validate_json(response) if response is not None else None
@@ -88,14 +98,16 @@ class ResponseCache:
         return found
 
     def put_many(self, items: Iterable[tuple[str, ScoreResult]]) -> int:
-        rows = [
-            (key, r.status, r.response.model_dump_json() if r.response is not None else None, r.error)
+        rows = {
+            key: (key, r.status, r.response.model_dump_json() if r.response is not None else None, r.error)
             for key, r in items
             if r.status in CACHED_STATUSES
-        ]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO answers (key, status, response, error) VALUES (?, ?, ?, ?)", rows)
+        }
+        if not rows:
+            return 0
+        # One row per key (the last answer), in key order: writers that overlap lock rows in one order.
+        with self._db.write("response_cache"):
+            self._db.execute_many(_PUT, [rows[key] for key in sorted(rows)])
         return len(rows)
 
 
