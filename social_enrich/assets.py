@@ -35,10 +35,8 @@ from social_enrich.batch_enrichment import forget_written_days, submit_days
 from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
 from social_enrich.errors import SocialEnrichError
 from social_enrich.graceful_stop import stop_between_chunks
-from social_enrich.environment import ENVIRONMENT_VAR
 from social_enrich.resources import AwsLambdaResource, ModelProviderResource
 from social_enrich.inference.azure_batch import AzureBatchClient
-from social_enrich.inference.azure_openai import AzureOpenAIProvider
 from social_enrich.lakehouse.partition_scan import days_text
 from social_enrich.lakehouse.catalog import load_table, open_catalog
 from social_enrich.lakehouse.snapshots import SnapshotInfo, current_snapshot_info
@@ -138,10 +136,7 @@ def one_line_failures(context: AssetExecutionContext, job: JobConfig) -> Iterato
 def _submit_batch(
     context: AssetExecutionContext, job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog, model_provider: ModelProviderResource
 ) -> None:
-    provider = model_provider.build(job)
-    if not isinstance(provider, AzureOpenAIProvider):
-        raise Failure(description=f"job '{job.name}': the Batch API needs Azure OpenAI (the azure_openai provider), and "
-                                  f"this environment's provider is {model_provider.provider} (set {ENVIRONMENT_VAR}=production, or run with batch: false)")
+    provider = model_provider.build_for_batch(job)
     report = submit_days(job, first, last, catalog, AzureBatchClient.for_provider(provider), context.log)
     context.log.info(
         f"{days_text(first, last)}: {report.posts} posts queued for the Batch API: {report.from_cache} from the cache, "

@@ -16,7 +16,8 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from social_enrich.config import JobConfig
-from social_enrich.environment import LAMBDA_LOCAL_VAR, environment_name, provider_choice
+from social_enrich.environment import ENVIRONMENT_VAR, LAMBDA_LOCAL_VAR, environment_name, provider_choice
+from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider
 from social_enrich.inference.provider import Provider
 from social_enrich.inference.selection import build_provider, provider_config
 
@@ -34,6 +35,16 @@ class ModelProviderResource(ConfigurableResource):
 
     def build(self, job: JobConfig) -> Provider:
         return build_provider(self.provider, self.config, job)
+
+    def build_for_batch(self, job: JobConfig) -> AzureOpenAIProvider:
+        """The provider of a Batch API run or poll, which only Azure OpenAI serves."""
+        provider = self.build(job)
+        if not isinstance(provider, AzureOpenAIProvider):
+            raise AzureOpenAIConfigError(
+                f"job '{job.name}': the Batch API needs Azure OpenAI (the azure_openai provider), and this environment's "
+                f"provider is {self.provider} (set {ENVIRONMENT_VAR}=production, or run with batch: false)"
+            )
+        return provider
 
 
 class AwsLambdaResource(ConfigurableResource):

@@ -80,13 +80,6 @@ class AzureOpenAISettings(BaseModel):
     requests_per_minute: int | None = Field(default=None, gt=0, description="The deployment's RPM; default: the job's rate_limit.")
     tokens_per_minute: int | None = Field(default=None, gt=0, description="The deployment's TPM; default: the job's rate_limit.")
 
-    def resolved_endpoint(self) -> str | None:
-        return self.endpoint or os.environ.get(ENDPOINT_VAR) or None
-
-    def is_configured(self) -> bool:
-        """An endpoint is set, or a secret that may carry one is named."""
-        return bool(self.resolved_endpoint() or os.environ.get(SECRET_NAME_VAR))
-
     def _connection(self) -> tuple[dict[str, Any], SettingNames]:
         """The SDK client's arguments, and where the key and endpoint were set (for error messages)."""
         credentials = resolve_credentials(self.api_key_env_var)
@@ -122,11 +115,6 @@ class AzureOpenAISettings(BaseModel):
             "tokens_per_minute": self.tokens_per_minute or limits.tokens_per_minute,
         })
         return inference.model_copy(update={"rate_limit": quota})
-
-    def batch_client(self) -> openai.AzureOpenAI:
-        """A client for the Files and Batches APIs; the SDK's own retries suit these few calls."""
-        args, _ = self._connection()
-        return openai.AzureOpenAI(**{**args, "max_retries": 2})
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,7 @@ class _AzureWhenNeeded(AzureBatchClient):
 
     @cached_property
     def _provider(self) -> AzureOpenAIProvider:
-        provider = self._model_provider.build(self._job)
-        if not isinstance(provider, AzureOpenAIProvider):
-            raise AzureOpenAIConfigError(f"this environment's provider is {self._model_provider.provider}, not azure_openai")
-        return provider
+        return self._model_provider.build_for_batch(self._job)
 
     @cached_property
     def client(self) -> openai.AzureOpenAI:  # type: ignore[override]
