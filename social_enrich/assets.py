@@ -111,7 +111,8 @@ def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
 
 
 def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
-    return {**summary, "labels": MetadataValue.json(summary["labels"])}
+    # The summary's counts (sentiment's "labels") are dicts: JSON metadata.
+    return {k: MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary.items()}
 
 
 def day_materializations(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> Iterator[AssetMaterialization]:

@@ -32,6 +32,7 @@ from social_enrich.state.response_cache import ResponseCache, cache_key
 from social_enrich.inference.usage import Usage
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich.lakehouse.target_table import open_target, write_days
+from social_enrich.response_summary import Tally
 
 CHUNK_POSTS = 10_000
 INTENT_KEY, JOB_KEY = "social_enrich_intent", "social_enrich_job"  # the metadata a batch is created with
@@ -52,7 +53,7 @@ class SubmitReport:
 class DayWritten:
     day: dt.date
     statuses: Counter[str]
-    labels: Counter[str]
+    summary: Tally  # the job's summarised response fields (response_summary.py)
     usage: Usage  # this day's share of the batches' tokens
     snapshot_id: int | None
 
@@ -293,6 +294,8 @@ def _write_day(job: JobConfig, catalog: Catalog, store: BatchStore, day: dt.date
     if written.superseded:
         log.info("%s: %d posts were touched again since the batch was sent and live on a later day; their row there stays",
                  day, written.superseded)
-    labels = Counter(getattr(r.response, "label", None) for r in results if r is not None and r.response is not None)
-    labels.pop(None, None)
-    return DayWritten(day, Counter(r.status for r in results if r is not None), labels, store.day_usage(job.name, day), written.snapshot_id)
+    tally, summary = Tally(), job.summary
+    for r in results:
+        if r is not None and r.status == "ok" and r.response is not None:
+            tally.add_answer(summary, r.response)
+    return DayWritten(day, Counter(r.status for r in results if r is not None), tally, store.day_usage(job.name, day), written.snapshot_id)

@@ -13,7 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from social_enrich.environment import ENVIRONMENT_VAR, PROVIDER_VAR, jobs_dirs
+from social_enrich.lakehouse.response_schema import check_response_model
 from social_enrich.plugins import resolve_local_model, resolve_response_model
+from social_enrich.response_summary import Summary, model_summary
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -147,6 +149,13 @@ class LocalModelRef(_Strict):
         return value
 
 
+class SummaryConfig(_Strict):
+    """Replaces the response model's declared summary (see social_enrich/response_summary.py)."""
+
+    counts: list[str] | dict[str, str] = Field(default_factory=list, description="Fields counted per value ({field: metadata name}).")
+    means: list[str] = Field(default_factory=list, description="Int or float fields averaged.")
+
+
 class InferenceConfig(_Strict):
     workers: int = Field(default=20, ge=1, le=512, description="Most concurrent model requests; concurrency adapts below it.")
     posts_per_request: int = Field(default=20, ge=1, le=200, description="Posts packed into one model request.")
@@ -172,12 +181,28 @@ class InferenceConfig(_Strict):
     exclude_fields: list[str] = Field(default_factory=list, description="Never send these fields.")
     max_failed_share: float = Field(default=0.5, ge=0, le=1, description="Fail the partition above this share.")
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    summary: SummaryConfig | None = Field(default=None, description="Response fields summarised in metadata (default: the model's).")
 
     @field_validator("response_format")
     @classmethod
     def _known_response_format(cls, value: str) -> str:
-        resolve_response_model(value)
+        model = resolve_response_model(value)
+        check_response_model(model)  # every field has an Iceberg column type
+        model_summary(model)  # the model's declared summary names its fields
         return value
+
+    @model_validator(mode="after")
+    def _summary_fields(self) -> InferenceConfig:
+        if self.summary is not None:
+            model_summary(resolve_response_model(self.response_format), self.response_summary_override, "inference.summary")
+        return self
+
+    @property
+    def response_summary_override(self) -> Summary | None:
+        if self.summary is None:
+            return None
+        return Summary(counts=self.summary.counts if isinstance(self.summary.counts, dict) else tuple(self.summary.counts),
+                       means=tuple(self.summary.means))
 
     @model_validator(mode="before")
     @classmethod
@@ -294,6 +319,11 @@ class JobConfig(_Strict):
     @cached_property
     def response_model(self) -> type[BaseModel]:
         return resolve_response_model(self.inference.response_format)
+
+    @property
+    def summary(self) -> Summary:
+        """The response fields its materializations summarise: inference.summary, else the model's."""
+        return model_summary(self.response_model, self.inference.response_summary_override)
 
     @property
     def index_field(self) -> str:

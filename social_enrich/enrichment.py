@@ -32,6 +32,8 @@ from social_enrich.inference.request_fields import request_rows
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
 from social_enrich.state.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
+from social_enrich.lakehouse.response_schema import arrow_columns
+from social_enrich.response_summary import Tally
 from social_enrich.unchanged_posts import TargetAnswers
 from social_enrich.lakehouse.partition_scan import (
     PartitionPosts,
@@ -46,7 +48,6 @@ from social_enrich.lakehouse.target_table import (
     PARTITION_DATE,
     WriteStats,
     conform,
-    json_text_fields,
     open_target,
     partition_row_counts,
     write_days,
@@ -70,7 +71,7 @@ class DayFigures:
     """What one daily partition of a run got: its own figures, never the whole range's."""
 
     statuses: Counter[str] = field(default_factory=Counter)
-    labels: Counter[str] = field(default_factory=Counter)
+    summary: Tally = field(default_factory=Tally)  # the job's summarised response fields (response_summary.py)
     cache_hits: int = 0  # answered from the response cache
     unchanged: int = 0  # kept the target's row for the same input (see unchanged_posts.py)
     shared: int = 0  # answered by another post of the run with identical fields
@@ -122,10 +123,6 @@ class EnrichmentReport:
     @property
     def statuses(self) -> Counter[str]:
         return self.totals.statuses
-
-    @property
-    def labels(self) -> Counter[str]:
-        return self.totals.labels
 
     @property
     def cache_hits(self) -> int:
@@ -345,13 +342,8 @@ def result_rows(
     job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, hashes: list[str], truncated: list[bool],
     results: list[ScoreResult],
 ) -> pa.Table:
-    response_names = list(job.response_model.model_fields)
-    columns: dict[str, list[Any]] = {name: [] for name in response_names}
-    for result in results:
-        answer = result.response.model_dump(mode="json") if result.response is not None else {}
-        for name in response_names:
-            value = answer.get(name)
-            columns[name].append(json.dumps(value) if isinstance(value, (dict, list)) else value)
+    # Typed columns (lists, structs, numbers as they are: response_schema.py); no answer is null.
+    columns = arrow_columns(job.response_model, [r.response.model_dump(mode="json") if r.response is not None else None for r in results])
     n = len(results)
     written_at = dt.datetime.now(dt.timezone.utc)
     return pa.table(
@@ -389,10 +381,9 @@ def answers_in_target(
         ),
         selected_fields=(*names, "input_hash", "status", "error"),
     ).to_arrow()
-    as_json = json_text_fields(job.response_model)
     found = []
     for row in rows.to_pylist():
-        answer = {name: json.loads(row[name]) if name in as_json and row[name] is not None else row[name] for name in names}
+        answer = {name: row[name] for name in names}  # typed columns: lists, dicts (structs), numbers
         try:
             response = None if row["status"] == "filtered" else job.response_model.model_validate(answer)
         except ValidationError:
@@ -419,7 +410,7 @@ def score_partition(
     Before each chunk after the first, ``should_stop`` may give a reason to stop: the posts left are
     counted in the report, not scored, and the rows returned cover the chunks done."""
     total = posts.posts.num_rows
-    counts_labels = "label" in job.response_model.model_fields
+    summary = job.summary
     tables = []
     with _ProgressLog(log, total) as progress:
         for start in range(0, max(total, 1), chunk_posts):
@@ -449,13 +440,15 @@ def score_partition(
                 old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))  # type: ignore[union-attr]
                 report.unchanged_in_place += in_place
                 tables.append(old_rows)
-                labels = old_rows["label"].to_pylist() if counts_labels else [None] * len(reused)
-                for (day, status, label), count in Counter(zip((day_list[n] for n in reused), old_rows["status"].to_pylist(), labels)).items():
+                statuses = old_rows["status"].to_pylist()
+                for (day, status), count in Counter(zip((day_list[n] for n in reused), statuses)).items():
                     figures = report.day(day)
                     figures.unchanged += count
                     figures.statuses[status] += count
-                    if label is not None:
-                        figures.labels[label] += count
+                values = {name: old_rows[name].to_pylist() for name in summary.fields}
+                for at, (n, status) in enumerate(zip(reused, statuses)):
+                    if status == "ok":  # failed and filtered rows have no answer
+                        report.day(day_list[n]).summary.add(summary, {name: column[at] for name, column in values.items()})
                 progress(None, "unchanged", len(reused))
             results = score_chunk(job, provider, chunk, cache, progress, day_list, report)
             fresh = [n for n, at in enumerate(found) if at is None]
@@ -463,8 +456,8 @@ def score_partition(
                 result, figures = results[n], report.day(day_list[n])
                 figures.statuses[result.status] += 1
                 figures.truncated += chunk.truncated[n]
-                if counts_labels and result.response is not None:
-                    figures.labels[result.response.label] += 1  # type: ignore[attr-defined]
+                if result.status == "ok" and result.response is not None:
+                    figures.summary.add_answer(summary, result.response)
             if len(fresh) < rows.num_rows:
                 taken = pa.array(fresh, pa.int64())
                 rows, days, updated = rows.take(taken), days.take(taken), updated.take(taken)
@@ -580,8 +573,6 @@ def enrich_partition(
 
 
 def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any]:
-    labels = dict(sorted(figures.labels.items()))
-    labelled = sum(labels.values())
     return {
         "posts_scored": figures.statuses["ok"],
         "posts_failed": figures.statuses["failed"],
@@ -590,10 +581,8 @@ def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any
         "posts_unchanged": figures.unchanged,
         "posts_shared": figures.shared,
         "posts_truncated": figures.truncated,
-        "labels": labels,
-        # Numbers, so Dagster plots each label's share per day.
-        **{f"labels/{label}": count for label, count in labels.items()},
-        **{f"label_share/{label}": round(count / labelled, 4) for label, count in labels.items()},
+        # The job's summary (response_summary.py): sentiment's labels, labels/<label>, label_share/<label>, mean/score.
+        **figures.summary.metadata(job.summary),
         **{f"llm/{name}": value for name, value in asdict(usage).items()},
         "llm/estimated_cost_usd": round(usage.cost_usd(job.inference.price_per_million_tokens), 6),
     }

@@ -31,13 +31,16 @@ def test_a_second_job_from_a_jobs_folder_materializes_its_own_table(catalog, see
 
     table = load_table(catalog, "enriched.post_topics")
     types = {f.name: str(f.field_type) for f in table.schema().fields}
-    assert types["topic"] == "string" and types["mentions_someone"] == "boolean" and types["keywords"] == "string"
+    assert types["topic"] == "string" and types["mentions_someone"] == "boolean" and types["keywords"] == "list<string>"
     assert types["labelled_at"] == "timestamptz"
     assert [f.name for f in table.spec().fields] == ["partition_date", "labelled_at_month"]
     rows = table.scan().to_arrow()
     assert rows.num_rows == meta["posts_touched"] > 0
     ok = rows.filter(pc.equal(rows["status"], "ok"))
     assert set(ok["topic"].to_pylist()) >= {"food", "tech"}
-    assert all(k.startswith("[") for k in ok["keywords"].to_pylist())  # lists are stored as JSON text
+    assert all(isinstance(k, list) for k in ok["keywords"].to_pylist())  # lists are stored as Iceberg lists
+    # No summary declared: the Literal and bool fields are counted by default.
+    assert set(meta["topic"]) >= {"food", "tech"} and meta["topic/food"] > 0
+    assert sum(meta["mentions_someone"].values()) == meta["posts_scored"]
     # The sentiment job's table was not touched.
     assert "social_media_sentiment" not in [t[1] for t in catalog.list_tables("enriched")]

@@ -34,16 +34,14 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.expressions import BooleanExpression, In, NotIn
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
+from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 from pyiceberg.table import Table, Transaction
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 from pyiceberg.types import (
     BooleanType,
     DateType,
-    DoubleType,
     IcebergType,
-    LongType,
     NestedField,
     StringType,
     TimestamptzType,
@@ -52,17 +50,12 @@ from pyiceberg.types import (
 from social_enrich.config import JobConfig
 from social_enrich.errors import SocialEnrichError
 from social_enrich.lakehouse.keys import plain
+from social_enrich.lakehouse.response_schema import response_columns, same_type, type_text
 
 PARTITION_DATE = "partition_date"
 APPEND_SLICE_ROWS = 200_000  # rows written to files at a time: bounds the append's copies
 GOOD_STATUSES = ("ok", "filtered")  # answers worth keeping; failed ones are tried again
 TRANSFORMS = {"year": YearTransform(), "month": MonthTransform(), "day": DayTransform(), "hour": HourTransform()}
-_JSON_TYPES: dict[str, IcebergType] = {
-    "string": StringType(),
-    "number": DoubleType(),
-    "integer": LongType(),
-    "boolean": BooleanType(),
-}
 
 
 class TargetSchemaError(SocialEnrichError, ValueError):
@@ -84,25 +77,10 @@ def bookkeeping_fields(job: JobConfig) -> list[tuple[str, IcebergType]]:
     ]
 
 
-def response_fields(model: type[BaseModel]) -> list[tuple[str, IcebergType]]:
-    """A response model's fields as Iceberg columns; anything not a JSON scalar is stored as JSON text."""
-    properties = model.model_json_schema().get("properties", {})
-    fields = []
-    for name, spec in properties.items():
-        kind = spec.get("type") if "enum" not in spec else "string"
-        fields.append((name, _JSON_TYPES.get(kind, StringType())))
-    return fields
-
-
-def json_text_fields(model: type[BaseModel]) -> set[str]:
-    """The response fields response_fields stores as JSON text."""
-    properties = model.model_json_schema().get("properties", {})
-    return {name for name, spec in properties.items() if "enum" not in spec and spec.get("type") not in _JSON_TYPES}
-
-
 def target_schema(job: JobConfig, index_type: IcebergType) -> Schema:
     index = job.connector.target.index_field
-    columns = [*response_fields(job.response_model), *bookkeeping_fields(job)]
+    response = response_columns(job.response_model, first_id=2)
+    columns = [*((f.name, f.field_type) for f in response), *bookkeeping_fields(job)]
     names = [index] + [name for name, _ in columns]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
@@ -110,8 +88,9 @@ def target_schema(job: JobConfig, index_type: IcebergType) -> Schema:
             f"{job.path}: response model {job.response_model.__name__} uses reserved column names {clashes}"
         )
     fields = [NestedField(1, index, index_type, required=True)]
+    # Response columns are optional whatever their type: a failed or filtered post stores nulls there.
     fields += [NestedField(i, name, kind, required=False) for i, (name, kind) in enumerate(columns, start=2)]
-    return Schema(*fields)
+    return assign_fresh_schema_ids(Schema(*fields))
 
 
 def target_partition_spec(job: JobConfig, schema: Schema) -> PartitionSpec:
@@ -127,7 +106,10 @@ def _schema_differences(actual: Schema, expected: Schema) -> list[str]:
     have = {f.name: f.field_type for f in actual.fields}
     want = {f.name: f.field_type for f in expected.fields}
     problems = [f"missing column {n} ({t})" for n, t in want.items() if n not in have]
-    problems += [f"column {n} is {have[n]}, expected {t}" for n, t in want.items() if n in have and have[n] != t]
+    for n, t in want.items():
+        if n in have and not same_type(have[n], t):
+            older = " (stored as JSON text by an older social_enrich)" if isinstance(have[n], StringType) and not t.is_primitive else ""
+            problems.append(f"column {n} is {type_text(have[n])}{older}, expected {type_text(t)}")
     problems += [f"unexpected column {n}" for n in have if n not in want]
     return problems
 
@@ -162,7 +144,8 @@ def open_target(catalog: Catalog, job: JobConfig, index_type: IcebergType, drop:
     if problems:
         raise TargetSchemaError(
             f"target table {target.identifier} does not match job '{job.name}': {'; '.join(problems)}. "
-            "Materialize with run config drop: true to rebuild it."
+            "Materialize with run config drop: true to rebuild it (its rows are scored again), or point "
+            "connector.target at a new table."
         )
     return table
 

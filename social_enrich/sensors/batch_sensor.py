@@ -70,7 +70,8 @@ def day_metadata(job: JobConfig, written: DayWritten) -> dict:
         "posts_scored": written.statuses["ok"],
         "posts_failed": written.statuses["failed"],
         "posts_filtered": written.statuses["filtered"],
-        "labels": dg.MetadataValue.json(dict(sorted(written.labels.items()))),
+        # The job's summary (response_summary.py): sentiment's labels (JSON), labels/<label>, ...
+        **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in written.summary.metadata(job.summary).items()},
         **{f"llm/{name}": value for name, value in asdict(written.usage).items() if name.endswith("tokens")},
         "llm/estimated_cost_usd": round(batch, 6),
         "llm/realtime_cost_usd": round(realtime, 6),
