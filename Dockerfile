@@ -40,9 +40,6 @@ RUN mkdir -p "$DAGSTER_HOME" "$SOCIAL_ENRICH_HOME" \
     && chown 10001:10001 "$DAGSTER_HOME" "$SOCIAL_ENRICH_HOME"
 COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml
 COPY deploy/workspace.yaml /opt/dagster/dagster_home/workspace.yaml
-# Job configs for cloud catalogs: SOCIAL_ENRICH_JOBS_DIR=/opt/dagster/jobs/glue replaces the built-in
-# sentiment job with the one on Glue and S3 (or .../rest for a REST catalog).
-COPY deploy/jobs /opt/dagster/jobs
 # The webserver and the daemon find workspace.yaml in their working directory.
 WORKDIR /opt/dagster/dagster_home
 USER 10001:10001

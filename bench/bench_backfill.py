@@ -79,7 +79,7 @@ def main() -> None:
         from social_enrich.lakehouse.catalog import load_table, open_catalog
 
         job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
-        catalog = open_catalog(job.connector)
+        catalog = open_catalog()
         first = job.connector.source.start_date
         days = days_between(first, first + dt.timedelta(days=args.days - 1))
         size = args.max_per_run or job.automation.max_partitions_per_run

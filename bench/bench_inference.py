@@ -184,7 +184,7 @@ def main() -> int:
         from social_enrich.lakehouse.catalog import open_catalog
 
         job = next(j for j in discover_job_configs() if j.asset_name == "social_media_sentiment")
-        catalog = open_catalog(job.connector)
+        catalog = open_catalog()
         print(f"emulator {emulator.endpoint}: RPM {RPM:,}, TPM {TPM:,} over {WINDOW:g} s windows, 400 ms +/- 30%, 2% 5xx",
               flush=True)
 

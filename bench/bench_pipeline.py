@@ -90,7 +90,7 @@ def vader_alone(day: dt.date, timer: ModelTimer) -> tuple[int, float]:
     from social_enrich.lakehouse.partition_scan import read_partition
 
     job = next(j for j in discover_job_configs() if j.asset_name == ASSET)
-    posts = read_partition(open_catalog(job.connector), job, day).posts
+    posts = read_partition(open_catalog(), job, day).posts
     texts = [t for t in posts[job.inference.text_field].to_pylist() if isinstance(t, str) and t.strip()]  # as the pipeline skips them
     model = VaderSentimentModel()
     began = time.perf_counter()
@@ -109,7 +109,7 @@ def upsert_baseline(day: dt.date) -> tuple[int, float]:
     from social_enrich.lakehouse.catalog import load_table, open_catalog
 
     job = next(j for j in discover_job_configs() if j.asset_name == ASSET)
-    table = load_table(open_catalog(job.connector), job.connector.target.identifier)
+    table = load_table(open_catalog(), job.connector.target.identifier)
     rows = table.scan(row_filter=EqualTo("partition_date", day.isoformat())).to_arrow()
     changed = rows.set_column(rows.schema.get_field_index("error"), "error", pa.array(["baseline"] * rows.num_rows, rows.schema.field("error").type))
     began = time.perf_counter()

@@ -101,7 +101,7 @@ def catalog_at(home: str):
     from social_enrich.lakehouse.catalog import open_catalog
 
     os.environ["SOCIAL_ENRICH_HOME"] = home
-    return open_catalog(sentiment_job().connector)
+    return open_catalog()
 
 
 def quiet_log():

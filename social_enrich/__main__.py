@@ -20,7 +20,7 @@ from social_enrich.enrichment import days_between
 from social_enrich.dead_runs import sweep_dead_runs
 from social_enrich.definitions import build_definitions
 from social_enrich.environment import state_dir
-from social_enrich.lakehouse.catalog import load_table, open_catalog
+from social_enrich.lakehouse.catalog import environment_catalog, load_table
 from social_enrich.lakehouse.partition_scan import days_text
 
 
@@ -114,7 +114,7 @@ def run_demo(posts: int, days: int, job_name: str) -> int:
     job = find_job(job_name)
     start = job.connector.source.start_date
     check_range(job, start, start + dt.timedelta(days=days - 1))  # every sample day must be a partition
-    catalog = open_catalog(job.connector)
+    catalog = environment_catalog()
     summary = seed(catalog, job, posts, days)
 
     job_def = build_definitions().resolve_implicit_global_asset_job_def()
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--posts and --days must be at least 1")
     if args.command == "seed":
         job = find_job(args.job)
-        seed(open_catalog(job.connector), job, args.posts, args.days)
+        seed(environment_catalog(), job, args.posts, args.days)
         return 0
     if args.command == "backfill":
         return run_backfill(args.job, args.first, args.last, args.max_per_run)

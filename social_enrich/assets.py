@@ -30,15 +30,15 @@ from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
 from pydantic import Field
 from pyiceberg.catalog import Catalog
 
-from social_enrich.config import JobConfig, JobConfigError, TableRef
+from social_enrich.config import JobConfig, TableRef
 from social_enrich.batch_enrichment import forget_written_days, submit_days
 from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
 from social_enrich.errors import SocialEnrichError
 from social_enrich.graceful_stop import stop_between_chunks
-from social_enrich.resources import AwsLambdaResource, ModelProviderResource
+from social_enrich.resources import AwsLambdaResource, IcebergCatalogResource, ModelProviderResource
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.lakehouse.partition_scan import days_text
-from social_enrich.lakehouse.catalog import load_table, open_catalog
+from social_enrich.lakehouse.catalog import load_table
 from social_enrich.lakehouse.snapshots import SnapshotInfo, current_snapshot_info
 
 
@@ -67,22 +67,20 @@ def batch_sensor_name(job: JobConfig) -> str:
     return f"{job.name}_batch_poller"
 
 
-def source_asset_key(job: JobConfig, ref: TableRef) -> AssetKey:
-    """[database, table]; with the catalog's ``name`` in front when the job's catalog sets one, so
-    same-named tables of two catalogs are two assets."""
-    name = job.connector.catalog.get("name")
-    return AssetKey([name, ref.database, ref.table] if name else [ref.database, ref.table])
+def source_asset_key(ref: TableRef) -> AssetKey:
+    """[database, table]: one catalog per deployment, so a table name is its asset."""
+    return AssetKey([ref.database, ref.table])
 
 
-def build_gold_source_asset(job: JobConfig, ref: TableRef) -> AssetsDefinition:
+def build_gold_source_asset(ref: TableRef) -> AssetsDefinition:
     @observable_source_asset(
-        key=source_asset_key(job, ref),
+        key=source_asset_key(ref),
         group_name=ref.database,
         description=f"Iceberg table {ref.identifier}; its data version is the current snapshot id.",
         metadata={"dagster/table_name": ref.identifier},
     )
-    def _observe() -> ObserveResult:
-        table = load_table(open_catalog(job.connector), ref.identifier)
+    def _observe(catalog: IcebergCatalogResource) -> ObserveResult:
+        table = load_table(catalog.open(), ref.identifier)
         info = current_snapshot_info(table)
         metadata = observation_metadata(info)
         return ObserveResult(data_version=DataVersion(str(info.snapshot_id)), metadata=metadata)
@@ -91,23 +89,9 @@ def build_gold_source_asset(job: JobConfig, ref: TableRef) -> AssetsDefinition:
 
 
 def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
-    """One observable asset per distinct source table across all jobs. Two jobs naming one table in
-    different catalogs are refused at load time: the asset would observe only one of them."""
-    built: dict[AssetKey, tuple[JobConfig, AssetsDefinition]] = {}
-    for job in jobs:
-        for ref in job.connector.source.tables:
-            key = source_asset_key(job, ref)
-            if key not in built:
-                built[key] = (job, build_gold_source_asset(job, ref))
-                continue
-            other = built[key][0]
-            if (other.connector.catalog, other.connector.warehouse) != (job.connector.catalog, job.connector.warehouse):
-                raise JobConfigError(
-                    f"jobs '{other.name}' ({other.path}) and '{job.name}' ({job.path}) both read {ref.identifier} but from "
-                    "different catalogs, so one source asset cannot observe both: give each catalog its own "
-                    "connector.catalog.name (it becomes the first part of the asset key)"
-                )
-    return [asset for _, asset in built.values()]
+    """One observable asset per distinct source table across all jobs."""
+    refs = {source_asset_key(ref): ref for job in jobs for ref in job.connector.source.tables}
+    return [build_gold_source_asset(ref) for ref in refs.values()]
 
 
 def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +162,8 @@ def _run_in_lambda(
 
 
 def _materialize(
-    context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, model_provider: ModelProviderResource, aws_lambda: AwsLambdaResource
+    context: AssetExecutionContext, job: JobConfig, config: EnrichmentRunConfig, catalog_resource: IcebergCatalogResource,
+    model_provider: ModelProviderResource, aws_lambda: AwsLambdaResource,
 ) -> Iterator[MaterializeResult | AssetMaterialization]:
     started = time.perf_counter()
     days = context.partition_key_range
@@ -188,7 +173,7 @@ def _materialize(
         yield from _run_in_lambda(context, job, config, aws_lambda)  # the function opens the catalog, not this run
         forget_written_days(job, days_between(first, last))
         return
-    catalog = open_catalog(job.connector)
+    catalog = catalog_resource.open()
     if batch:
         _submit_batch(context, job, first, last, catalog, model_provider)
         return
@@ -212,7 +197,7 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         name=job.asset_name,
         group_name=job.name,
         partitions_def=partitions,
-        deps=[source_asset_key(job, ref) for ref in job.connector.source.tables],
+        deps=[source_asset_key(ref) for ref in job.connector.source.tables],
         # A backfill groups up to max_partitions_per_run days into one run: one scan and one commit each.
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=job.automation.max_partitions_per_run),
         # Runs calling the model share one pool, so its limit caps them however many runs start.
@@ -224,9 +209,10 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         output_required=False,
     )
     def _enrich(
-        context: AssetExecutionContext, config: EnrichmentRunConfig, model_provider: ModelProviderResource, aws_lambda: AwsLambdaResource
+        context: AssetExecutionContext, config: EnrichmentRunConfig, catalog: IcebergCatalogResource,
+        model_provider: ModelProviderResource, aws_lambda: AwsLambdaResource,
     ) -> Iterator[MaterializeResult]:
         with one_line_failures(context, job):
-            yield from _materialize(context, job, config, model_provider, aws_lambda)
+            yield from _materialize(context, job, config, catalog, model_provider, aws_lambda)
 
     return _enrich

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from social_enrich.environment import ENVIRONMENT_VAR, PROVIDER_VAR, jobs_dirs
+from social_enrich.environment import CATALOG_VAR, ENVIRONMENT_VAR, PROVIDER_VAR, WAREHOUSE_VAR, jobs_dirs
 from social_enrich.lakehouse.response_schema import check_response_model
 from social_enrich.plugins import resolve_local_model, resolve_response_model
 from social_enrich.response_summary import Summary, model_summary
@@ -61,22 +61,19 @@ class TargetConfig(TableRef):
 
 
 class ConnectorConfig(_Strict):
-    warehouse: str | None = Field(default=None, description="Warehouse URI; the embedded default when empty.")
-    catalog: dict[str, str] = Field(default_factory=dict, description="pyiceberg catalog properties.")
     source: SourceConfig
     target: TargetConfig
 
-    @field_validator("warehouse", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return value or None
-
-    @field_validator("catalog", mode="before")
-    @classmethod
-    def _catalog_strings(cls, value: Any) -> Any:
-        # pyiceberg properties are strings; YAML may give numbers or booleans.
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items() if v not in (None, "")}
+    def _no_environment_settings(cls, value: Any) -> Any:
+        # The catalog is the deployment's choice, not the job's (see social_enrich/environment.py).
+        if isinstance(value, dict) and (moved := [k for k in ("catalog", "warehouse") if k in value]):
+            raise ValueError(
+                f"connector.{' and connector.'.join(moved)} {'is' if len(moved) == 1 else 'are'} no longer a job setting: "
+                f"the environment chooses the catalog (${CATALOG_VAR}: pyiceberg properties as JSON, or a catalog name; "
+                f"${WAREHOUSE_VAR}: its warehouse); remove {', '.join(moved)} from the job's connector"
+            )
         return value
 
 

@@ -5,9 +5,11 @@ elsewhere with ``monkeypatch.setenv`` alone. No Dagster here: the Lambda handler
 ``social_enrich/resources.py`` turns them into Dagster resources.
 
 Two profiles, named by ``$SOCIAL_ENRICH_ENV``:
-- ``local`` (the default): the embedded catalog and each job's own local model; no network.
-- ``production``: the model provider is Azure OpenAI (or ``$SOCIAL_ENRICH_PROVIDER``), configured from
-  the environment; nothing falls back to a local model, so a missing endpoint fails the run, naming it.
+- ``local`` (the default): the embedded catalog (unless ``$SOCIAL_ENRICH_CATALOG`` names one) and each
+  job's own local model; no network.
+- ``production``: the catalog ``$SOCIAL_ENRICH_CATALOG`` names (required: never the embedded one) and
+  Azure OpenAI (or ``$SOCIAL_ENRICH_PROVIDER``), configured from the environment; nothing falls back
+  to a local model or catalog, so a missing setting fails the load or the run, naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ AZURE_SETTINGS_VARS = {
 if TYPE_CHECKING:
     from social_enrich.state import StateStore
 
+# The Iceberg catalog: a JSON object of pyiceberg properties (``name`` is the catalog's name; a value
+# {"env": "VAR"} is read from $VAR, so a secret stays out of it), or the name of a catalog configured
+# the pyiceberg way (~/.pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__<PROPERTY> variables).
+CATALOG_VAR = "SOCIAL_ENRICH_CATALOG"
+WAREHOUSE_VAR = "SOCIAL_ENRICH_WAREHOUSE"  # the catalog's warehouse property, when set
 STATE_DIR_VAR = "SOCIAL_ENRICH_HOME"
 JOBS_DIR_VAR = "SOCIAL_ENRICH_JOBS_DIR"
 STATE_URL_VAR = "SOCIAL_ENRICH_STATE_URL"
@@ -49,12 +56,13 @@ def state_dir() -> Path:
 
 
 def embedded_catalog_properties() -> dict[str, str]:
-    """pyiceberg properties of the embedded default: a SQL catalog on SQLite."""
+    """pyiceberg properties of the embedded default: a SQL catalog on SQLite, created on first use."""
     root = state_dir()
     return {
         "type": "sql",
         "uri": f"sqlite:///{root / 'catalog.db'}",
         "warehouse": (root / "warehouse").as_uri(),
+        "init_catalog_tables": "true",
     }
 
 
@@ -84,6 +92,53 @@ def environment_name() -> str:
     if name not in PROFILES:
         raise EnvironmentConfigError(f"${ENVIRONMENT_VAR} is {name!r}: use one of {', '.join(PROFILES)}")
     return name
+
+
+def catalog_choice() -> dict[str, Any]:
+    """The catalog of this environment as pyiceberg properties (``name`` included, a secret as
+    ``{"env": VAR}``). Unset, the local profile uses the embedded SQLite catalog; production must name
+    one (``embedded`` chooses the embedded one explicitly, e.g. on a single host)."""
+    raw = os.environ.get(CATALOG_VAR, "").strip()
+    if not raw and environment_name() == "production":
+        raise EnvironmentConfigError(
+            f"${ENVIRONMENT_VAR}=production needs a catalog: set ${CATALOG_VAR} to its pyiceberg properties as JSON "
+            '(e.g. {"type": "glue"} or {"type": "rest", "uri": "https://...", "credential": {"env": "REST_CREDENTIAL"}}), '
+            "to the name of a catalog in ~/.pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__* variables, or to embedded"
+        )
+    if not raw or raw == "embedded":
+        choice: dict[str, Any] = embedded_catalog_properties()
+    elif raw.startswith("{"):
+        try:
+            choice = json.loads(raw)
+        except ValueError as e:
+            raise EnvironmentConfigError(f"${CATALOG_VAR} is not JSON: {e}") from None
+        for key, value in choice.items():
+            if not (isinstance(value, (str, int, float, bool)) or _is_env_reference(value)):
+                raise EnvironmentConfigError(
+                    f"${CATALOG_VAR}: property {key!r} must be a string or {{\"env\": \"VARIABLE\"}}, got {json.dumps(value)}"
+                )
+        choice = {k: v if _is_env_reference(v) else str(v).lower() if isinstance(v, bool) else str(v) for k, v in choice.items()}
+    else:
+        choice = {"name": raw}  # configured the pyiceberg way
+    if warehouse := os.environ.get(WAREHOUSE_VAR, "").strip():
+        choice["warehouse"] = warehouse
+    return choice
+
+
+def _is_env_reference(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str)
+
+
+def resolved_catalog_properties(choice: dict[str, Any]) -> dict[str, str]:
+    """``catalog_choice()`` with each {"env": VAR} read from the environment (outside Dagster: Lambda, the CLI)."""
+    resolved = {}
+    for key, value in choice.items():
+        if _is_env_reference(value):
+            if value["env"] not in os.environ:
+                raise EnvironmentConfigError(f"${CATALOG_VAR}: property {key!r} is read from ${value['env']}, which is not set")
+            value = os.environ[value["env"]]
+        resolved[key] = value
+    return resolved
 
 
 def provider_choice() -> tuple[str, dict[str, Any]]:

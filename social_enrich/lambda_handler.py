@@ -52,7 +52,7 @@ from social_enrich.inference.azure_openai import AzureOpenAIConfigError, Endpoin
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.local_sentiment import LocalModelMissingError
 from social_enrich.inference.selection import ProviderConfigError, environment_provider
-from social_enrich.lakehouse.catalog import CatalogUnavailableError, load_table, open_catalog
+from social_enrich.lakehouse.catalog import CatalogUnavailableError, environment_catalog, load_table
 from social_enrich.lakehouse.partition_scan import SourceSchemaError
 from social_enrich.lakehouse.snapshots import current_snapshot_info
 from social_enrich.lakehouse.target_table import TargetSchemaError
@@ -132,7 +132,7 @@ def find_job(name: str) -> JobConfig:
 def run_job(job: JobConfig, first: dt.date, last: dt.date, drop: bool, budget: Budget) -> tuple[EnrichmentReport, dict[str, Any]]:
     """Enrich first..last; the report and its summary (counts, tokens, cost, timings)."""
     started = time.perf_counter()
-    catalog = open_catalog(job.connector)
+    catalog = environment_catalog()
     provider = environment_provider(job)  # the function's environment: production on AWS
     log.info("job %s: %s..%s with model %s", job.name, first, last, provider.model_id)
     with stop_on_sigterm(budget):

@@ -11,7 +11,7 @@ import dagster as dg
 from pyiceberg.exceptions import NoSuchTableError
 
 from social_enrich.config import JobConfig
-from social_enrich.lakehouse.catalog import open_catalog
+from social_enrich.resources import IcebergCatalogResource
 from social_enrich.lakehouse.maintenance import MaintenanceReport, run_maintenance
 
 
@@ -43,9 +43,9 @@ def build_maintenance_job(job: JobConfig) -> dg.JobDefinition:
         tags={"kind": "iceberg"},
         out={},  # what it did is an observation of the enrichment asset, not an output
     )
-    def _maintain(context: dg.OpExecutionContext):
+    def _maintain(context: dg.OpExecutionContext, catalog: IcebergCatalogResource):
         try:
-            table = open_catalog(job.connector).load_table(identifier)
+            table = catalog.open().load_table(identifier)
         except NoSuchTableError:
             context.log.info(f"{identifier} does not exist yet (no partition materialized): nothing to maintain")
             return

@@ -1,8 +1,9 @@
 """Dagster resources, and the resources of each environment profile: chosen once, in the definitions.
 
-The model provider is a resource naming a provider (a built-in name or module:Class) and its own
-config; ``environment_resources`` picks it from ``$SOCIAL_ENRICH_ENV`` (see environment.py). The
-resources wrap plain settings that the Lambda handler uses without Dagster.
+The Iceberg catalog is a resource of pyiceberg properties; the model provider is a resource naming a
+provider (a built-in name or module:Class) and its own config. ``environment_resources`` picks both
+from the environment (see environment.py). The resources wrap plain settings that the Lambda handler
+uses without Dagster.
 """
 
 from __future__ import annotations
@@ -12,14 +13,31 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+import dagster as dg
 from dagster import ConfigurableResource
 from pydantic import Field
+from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig
-from social_enrich.environment import ENVIRONMENT_VAR, LAMBDA_LOCAL_VAR, environment_name, provider_choice
+from social_enrich.environment import ENVIRONMENT_VAR, LAMBDA_LOCAL_VAR, catalog_choice, environment_name, provider_choice
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider
 from social_enrich.inference.provider import Provider
 from social_enrich.inference.selection import build_provider, provider_config
+from social_enrich.lakehouse.catalog import open_catalog
+
+
+class IcebergCatalogResource(ConfigurableResource):
+    """The Iceberg catalog of this deployment: pyiceberg properties (``name`` is the catalog's name),
+    or none for the embedded SQLite default. A downstream asset takes it as a resource and reads the
+    tables the enrichments write: ``catalog.open().load_table("enriched.social_media_sentiment")``."""
+
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="pyiceberg catalog properties; empty: the embedded SQLite catalog."
+    )
+
+
+    def open(self) -> Catalog:
+        return open_catalog(self.properties)
 
 
 class ModelProviderResource(ConfigurableResource):
@@ -64,7 +82,13 @@ def environment_resources() -> dict[str, ConfigurableResource]:
     name, config = provider_choice()
     provider = ModelProviderResource(provider=name, config=config)
     provider.check()
-    return {"model_provider": provider, "aws_lambda": _lambda_resource()}
+    return {"catalog": environment_catalog_resource(), "model_provider": provider, "aws_lambda": _lambda_resource()}
+
+
+def environment_catalog_resource() -> IcebergCatalogResource:
+    # A secret property ({"env": VAR}) is a dg.EnvVar: Dagster reads it at run time and never shows its value.
+    properties = {key: dg.EnvVar(value["env"]) if isinstance(value, dict) else value for key, value in catalog_choice().items()}
+    return IcebergCatalogResource(properties=properties)
 
 
 def _lambda_resource() -> AwsLambdaResource:

@@ -33,6 +33,9 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                  "SOCIAL_ENRICH_PROVIDER_CONFIG", "SOCIAL_ENRICH_LAMBDA_LOCAL",
                  "SOCIAL_ENRICH_STATE_URL"):
         monkeypatch.delenv(name, raising=False)
+    # The tests' production runs keep the embedded catalog, chosen by name as a single-host deployment
+    # would (production never falls back to it); locally it is the default anyway.
+    monkeypatch.setenv("SOCIAL_ENRICH_CATALOG", "embedded")
     return home
 
 
@@ -43,7 +46,7 @@ def sentiment_job() -> JobConfig:
 
 @pytest.fixture
 def catalog(sentiment_job: JobConfig) -> Catalog:
-    return open_catalog(sentiment_job.connector)
+    return open_catalog()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pyiceberg.catalog import Catalog
 from social_enrich import demo
 from social_enrich.config import JobConfig, load_job_config
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
-from social_enrich.lakehouse.catalog import open_catalog
+from social_enrich.lakehouse.catalog import environment_catalog
 from social_enrich.lakehouse.partition_scan import read_days
 from social_enrich_tests.conftest import SAMPLE_START
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml
@@ -48,13 +48,16 @@ class Deployment:
         return [o["Key"] for o in listed.get("Contents", [])]
 
 
-def job_yaml(folder: Path, moto_url: str, bucket: str, chunk_posts: int = 1000) -> Path:
-    """The sentiment job with its catalog on SQLite and its warehouse in the S3 bucket, retrying fast."""
-    catalog = (f"  catalog: {{type: sql, uri: 'sqlite:///{folder.parent}/catalog.db', s3.endpoint: '{moto_url}', "
-               f"s3.region: us-east-1, init_catalog_tables: 'true'}}")
+def catalog_env(folder: Path, moto_url: str, bucket: str) -> dict[str, str]:
+    """The environment's catalog: on SQLite, with its warehouse in the S3 bucket."""
+    catalog = {"type": "sql", "uri": f"sqlite:///{folder.parent}/catalog.db", "s3.endpoint": moto_url, "s3.region": "us-east-1",
+               "init_catalog_tables": "true"}
+    return {"SOCIAL_ENRICH_CATALOG": json.dumps(catalog), "SOCIAL_ENRICH_WAREHOUSE": f"s3://{bucket}/warehouse"}
+
+
+def job_yaml(folder: Path, chunk_posts: int = 1000) -> Path:
+    """The sentiment job run in Lambda, retrying fast."""
     return edited_sentiment_yaml(folder, {
-        "  warehouse: ${SOCIAL_ENRICH_WAREHOUSE:-}": f"  warehouse: s3://{bucket}/warehouse #",
-        "  catalog: {}": catalog + " #",
         "  posts_per_request: 20": "  posts_per_request: 5\n  retry: {max_attempts: 2, backoff_seconds: 0.05}",
         "    function_name: ${SOCIAL_ENRICH_LAMBDA_FUNCTION:-}": f"    function_name: social-enrich\n    chunk_posts: {chunk_posts}",
         "  mode: ${SOCIAL_ENRICH_EXECUTION:-in_process}": "  mode: lambda",
@@ -75,13 +78,15 @@ def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_url: str, e
     secret_name = f"prod/openai-{uuid.uuid4().hex[:8]}"
     secret = json.dumps({"OPENAI_API_KEY": API_KEY, "OPENAI_API_BASE": emulator.endpoint})
     boto3.client("secretsmanager").create_secret(Name=secret_name, SecretString=secret)
-    path = job_yaml(tmp_path / "jobs", moto_url, bucket)
+    path = job_yaml(tmp_path / "jobs")
+    for name, value in catalog_env(path.parent, moto_url, bucket).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(path.parent))  # replaces the built-in sentiment job
     monkeypatch.setenv("OPENAI_SECRET_NAME", secret_name)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
     monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
     job = load_job_config(path)
-    catalog = open_catalog(job.connector)
+    catalog = environment_catalog()
     demo.seed_gold_tables(catalog, posts=300, days=3, start=SAMPLE_START)
     return Deployment(job, catalog, bucket, secret_name, emulator)
 

@@ -54,7 +54,7 @@ def poll(defs: dg.Definitions, instance: dg.DagsterInstance, until_days: int, ma
     sensor = defs.resolve_sensor_def(SENSOR)
     results, written = [], 0
     for _ in range(max_ticks):
-        context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]})
+        context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
         result = sensor(context)
         for event in result.asset_events:  # what the sensor daemon does with them
             instance.report_runless_asset_event(event)
@@ -197,7 +197,7 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
     sensor = defs.resolve_sensor_def(SENSOR)
     for _ in range(40):
-        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]}))
+        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
         if result.run_requests:
             break
         time.sleep(0.1)
@@ -206,7 +206,7 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     assert request.run_config == {"ops": {ASSET: {"config": {"batch": False}}}}
     assert result.asset_events == []
     # Until the realtime run has written the day, every tick asks again under the same run key.
-    context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]})
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
     assert [r.run_key for r in sensor(context).run_requests] == [request.run_key]
     assert emulator.stats["batches_created"] == 1  # the day's leftovers were not sent in another batch
     # The realtime run pays only for the posts the expired batch did not answer.
@@ -216,7 +216,7 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     # (at least: two posts with the same fields share one cached answer)
     assert answered <= metadata["posts_from_cache"].value < metadata["posts_touched"].value
     assert metadata["llm/requests"].value > 0
-    context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]})
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
     assert sensor(context).run_requests == []  # the run wrote the day, so the hand-over is done
     with default_state_store().batch_store() as store:
         assert store.open_days("sentiment") == []
@@ -277,7 +277,7 @@ def test_a_day_too_big_for_one_file_goes_in_several_batches(emulator, seeded, ca
 
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.SensorResult:
     sensor = defs.resolve_sensor_def(SENSOR)
-    return sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]}))
+    return sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
 
 
 def test_the_poller_skips_when_nothing_is_queued_and_needs_no_azure(instance, tmp_path):

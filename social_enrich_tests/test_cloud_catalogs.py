@@ -1,5 +1,6 @@
-"""Cloud catalogs by configuration alone: the deploy/jobs Glue job against moto's Glue and S3 on loopback,
-and the REST job against a loopback stand-in for the first endpoints a REST catalog client calls."""
+"""Cloud catalogs by the environment alone ($SOCIAL_ENRICH_CATALOG), with the built-in job unchanged: Glue
+against moto's Glue and S3 on loopback, and REST against a loopback stand-in for the first endpoints a
+REST catalog client calls."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,17 +21,16 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.rest import RestCatalog
 
 from social_enrich import demo
-from social_enrich.config import JobConfig, JobConfigError, load_job_config
+from social_enrich.config import JobConfig, load_job_config
 from social_enrich.definitions import build_definitions
-from social_enrich.lakehouse.catalog import CatalogUnavailableError, catalog_properties, open_catalog
+from social_enrich.environment import BUILTIN_JOBS_DIR, catalog_choice
+from social_enrich.lakehouse.catalog import CatalogUnavailableError, environment_catalog
 from social_enrich_tests.gold_tables import latest_touch_days
 from social_enrich_tests.conftest import SAMPLE_START
 from social_enrich_tests.dagster_helpers import materialization_metadata, materialize_day
 from social_enrich_tests.moto_aws import REGION, aws_env, moto_url  # noqa: F401
 
-DEPLOY_JOBS = Path(__file__).resolve().parents[1] / "deploy" / "jobs"
-GLUE_JOB = DEPLOY_JOBS / "glue" / "sentiment.yaml"
-REST_JOB = DEPLOY_JOBS / "rest" / "sentiment.yaml"
+JOB = BUILTIN_JOBS_DIR / "sentiment.yaml"
 BUCKET = "social-enrich-lake"
 FAKE_SECRET = "fake-secret-Zq7XwVt3pL"
 
@@ -53,30 +52,26 @@ def glue(moto_url: str):  # noqa: F811
     return boto3.client("glue", endpoint_url=moto_url)
 
 
+def use_catalog(monkeypatch: pytest.MonkeyPatch, **properties: Any) -> None:
+    monkeypatch.setenv("SOCIAL_ENRICH_CATALOG", json.dumps(properties))
+
+
 @pytest.fixture
-def glue_env(moto_url: str, s3, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: F811
-    """The Glue job's variables pointing at moto; returns the warehouse (in a bucket that exists)."""
+def glue_env(moto_url: str, s3, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:  # noqa: F811
+    """Point the environment's catalog at moto's Glue (call with extra properties); returns the
+    warehouse (in a bucket that exists)."""
     s3.create_bucket(Bucket=BUCKET)
     warehouse = f"s3://{BUCKET}/warehouse"
     monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", warehouse)
-    monkeypatch.setenv("AWS_REGION", REGION)  # without a region pyarrow would ask AWS where the bucket is
-    monkeypatch.setenv("SOCIAL_ENRICH_GLUE_ENDPOINT", moto_url)
-    monkeypatch.setenv("SOCIAL_ENRICH_S3_ENDPOINT", moto_url)
-    # From here only the job's own properties lead to moto: boto3 and pyarrow would otherwise go to AWS.
+    # From here only the catalog's own properties lead to moto: boto3 and pyarrow would otherwise go to AWS.
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    return warehouse
 
+    def point_at(**extra: Any) -> str:
+        # A region, or pyarrow would ask AWS where the bucket is.
+        use_catalog(monkeypatch, **{"type": "glue", "client.region": REGION, "glue.endpoint": moto_url, "s3.endpoint": moto_url, **extra})
+        return warehouse
 
-def glue_job_folder(tmp_path: Path, extra: dict[str, str]) -> Path:
-    """A jobs folder holding the deploy Glue job with some catalog properties added."""
-    anchor = "    type: glue\n"
-    text = GLUE_JOB.read_text()
-    assert anchor in text
-    folder = tmp_path / "jobs"
-    folder.mkdir()
-    lines = "".join(f"    {key}: {value}\n" for key, value in extra.items())
-    (folder / GLUE_JOB.name).write_text(text.replace(anchor, anchor + lines))
-    return folder
+    return point_at
 
 
 def closed_port() -> int:
@@ -98,32 +93,17 @@ def bucket_objects(s3) -> set[str]:
     return {f"s3://{BUCKET}/{item['Key']}" for page in pages for item in page.get("Contents", [])}
 
 
-def test_on_aws_the_glue_job_sets_no_endpoint_and_no_credential(monkeypatch):
-    monkeypatch.setenv("AWS_REGION", REGION)
-    with pytest.raises(JobConfigError, match="SOCIAL_ENRICH_WAREHOUSE is not set"):
-        load_job_config(GLUE_JOB)  # where new tables go has no default
-    monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", f"s3://{BUCKET}/warehouse")
-
-    # The unset optional variables leave nothing behind: boto3 and pyarrow use AWS's endpoints and the role.
-    assert catalog_properties(load_job_config(GLUE_JOB).connector) == {
-        "type": "glue",
-        "client.region": REGION,
-        "warehouse": f"s3://{BUCKET}/warehouse",
-    }
-
-
 def test_a_partition_runs_end_to_end_on_glue_and_s3(glue_env, s3, glue, instance, state_home, monkeypatch):
-    job = load_job_config(GLUE_JOB)
-    catalog = open_catalog(job.connector)
+    warehouse = glue_env()
+    job = load_job_config(JOB)
+    catalog = environment_catalog()
     day = demo.seed_gold_tables(catalog, posts=200, days=2, start=SAMPLE_START).days[0]
     expected = touched_posts(catalog, job, day)
     assert expected
 
-    # The production path: the deploy folder's sentiment job replaces the built-in one.
-    monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(GLUE_JOB.parent))
+    # The built-in job, unchanged: the environment's catalog resource is Glue.
     defs = build_definitions()
-    asset = defs.resolve_asset_graph().get(dg.AssetKey("social_media_sentiment"))
-    assert asset.metadata["job_config"] == str(GLUE_JOB)
+    assert defs.resources["catalog"].properties["type"] == "glue"
     meta = materialization_metadata(materialize_day(instance, day.isoformat(), defs=defs))
 
     target = job.connector.target
@@ -137,7 +117,7 @@ def test_a_partition_runs_end_to_end_on_glue_and_s3(glue_env, s3, glue, instance
     params = glue.get_table(DatabaseName=target.database, Name=target.table)["Table"]["Parameters"]
     assert params["table_type"] == "ICEBERG"
     assert params["metadata_location"] == table.metadata_location
-    assert table.metadata_location.startswith(f"{glue_env}/{target.database}.db/{target.table}/metadata/")
+    assert table.metadata_location.startswith(f"{warehouse}/{target.database}.db/{target.table}/metadata/")
     files = set(table.inspect.files()["file_path"].to_pylist())
     assert files and files <= bucket_objects(s3)
     assert not (state_home / "catalog.db").exists()  # the embedded SQLite catalog was never used
@@ -154,12 +134,12 @@ def test_a_partition_runs_end_to_end_on_glue_and_s3(glue_env, s3, glue, instance
 
 
 def test_a_missing_warehouse_bucket_fails_the_run_naming_the_bucket_and_no_secret(glue_env, instance, monkeypatch, tmp_path):
-    catalog = open_catalog(load_job_config(GLUE_JOB).connector)
-    day = demo.seed_gold_tables(catalog, posts=50, days=1, start=SAMPLE_START).days[0]
+    glue_env()
+    day = demo.seed_gold_tables(environment_catalog(), posts=50, days=1, start=SAMPLE_START).days[0]
     # The gold tables are readable, but the target table would be created in a bucket that does not exist.
     monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", "s3://no-such-bucket/warehouse")
-    jobs = glue_job_folder(tmp_path, {"s3.access-key-id": "testing", "s3.secret-access-key": FAKE_SECRET})
-    monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(jobs))
+    monkeypatch.setenv("S3_SECRET", FAKE_SECRET)
+    glue_env(**{"s3.access-key-id": "testing", "s3.secret-access-key": {"env": "S3_SECRET"}})
 
     result = materialize_day(instance, day.isoformat(), defs=build_definitions(), raise_on_error=False)
 
@@ -172,17 +152,15 @@ def test_a_missing_warehouse_bucket_fails_the_run_naming_the_bucket_and_no_secre
 
 def test_an_unreachable_glue_endpoint_gives_a_clear_error_naming_the_catalog_and_no_secret(glue_env, monkeypatch, tmp_path):
     port = closed_port()
-    monkeypatch.setenv("SOCIAL_ENRICH_GLUE_ENDPOINT", f"http://127.0.0.1:{port}")
     # One attempt: botocore's default 10, with backoff, would take about 25 s to give up.
-    monkeypatch.setenv("SOCIAL_ENRICH_GLUE_MAX_RETRIES", "1")
-    jobs = glue_job_folder(tmp_path, {"glue.access-key-id": "testing", "glue.secret-access-key": FAKE_SECRET})
-    job = load_job_config(jobs / GLUE_JOB.name)
+    warehouse = glue_env(**{"glue.endpoint": f"http://127.0.0.1:{port}", "glue.max-retries": "1",
+                            "glue.access-key-id": "testing", "glue.secret-access-key": FAKE_SECRET})
 
     with pytest.raises(CatalogUnavailableError) as raised:
-        open_catalog(job.connector)
+        environment_catalog()
 
     message = str(raised.value)
-    assert f"glue catalog at {glue_env}" in message
+    assert f"glue catalog at {warehouse}" in message
     assert f"Could not connect to the endpoint URL: \"http://127.0.0.1:{port}/\"" in message
     assert FAKE_SECRET not in message
 
@@ -261,41 +239,36 @@ class RestCatalogStandIn:
 
 @pytest.fixture
 def rest_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], dict[str, str]]:
-    """Point the REST job at a catalog: call the returned function with the catalog's base URI."""
+    """Point the environment's catalog at a REST catalog: call the returned function with its base URI.
+    The client secret is read from its own variable, never written in $SOCIAL_ENRICH_CATALOG."""
 
     def point_at(uri: str) -> dict[str, str]:
-        env = {
-            "SOCIAL_ENRICH_REST_URI": uri,
-            "SOCIAL_ENRICH_WAREHOUSE": "analytics",
-            "SOCIAL_ENRICH_REST_CREDENTIAL": f"social-enrich:{FAKE_SECRET}",
-            "SOCIAL_ENRICH_REST_OAUTH2_SERVER_URI": f"{uri}/oauth/tokens",
-        }
+        env = {"REST_CREDENTIAL": f"social-enrich:{FAKE_SECRET}", "SOCIAL_ENRICH_WAREHOUSE": "analytics"}
         for name, value in env.items():
             monkeypatch.setenv(name, value)
+        use_catalog(monkeypatch, type="rest", uri=uri, credential={"env": "REST_CREDENTIAL"}, **{"oauth2-server-uri": f"{uri}/oauth/tokens"})
         return env
 
     return point_at
 
 
-def test_the_rest_job_reaches_a_rest_catalog_from_the_environment_alone(rest_env):
+def test_a_rest_catalog_is_reached_from_the_environment_alone(rest_env):
     with RestCatalogStandIn() as server:
         env = rest_env(server.url)
-        job = load_job_config(REST_JOB)
-        # Exactly what load_catalog gets: the variables that are set; the empty optional ones are dropped.
-        assert catalog_properties(job.connector) == {
-            "type": "rest",
-            "uri": env["SOCIAL_ENRICH_REST_URI"],
-            "credential": env["SOCIAL_ENRICH_REST_CREDENTIAL"],
-            "oauth2-server-uri": env["SOCIAL_ENRICH_REST_OAUTH2_SERVER_URI"],
-            "warehouse": env["SOCIAL_ENRICH_WAREHOUSE"],
+        assert catalog_choice() == {
+            "type": "rest", "uri": server.url, "credential": {"env": "REST_CREDENTIAL"},
+            "oauth2-server-uri": f"{server.url}/oauth/tokens", "warehouse": "analytics",
         }
+        # In Dagster the secret is an EnvVar of the catalog resource: read at run time, shown nowhere.
+        resource = build_definitions().resources["catalog"]
+        assert resource.properties["credential"] == dg.EnvVar("REST_CREDENTIAL") and FAKE_SECRET not in repr(resource)
 
-        catalog = open_catalog(job.connector)
+        catalog = environment_catalog()
 
         assert isinstance(catalog, RestCatalog)
         assert catalog.list_namespaces() == [("gold",), ("enriched",)]
     token_request = server.requests[0]
-    client_id, client_secret = env["SOCIAL_ENRICH_REST_CREDENTIAL"].split(":")
+    client_id, client_secret = env["REST_CREDENTIAL"].split(":")
     assert token_request["path"] == "/oauth/tokens"
     assert token_request["form"]["grant_type"] == "client_credentials"
     assert (token_request["form"]["client_id"], token_request["form"]["client_secret"]) == (client_id, client_secret)
@@ -310,12 +283,11 @@ def test_a_rest_catalog_that_refuses_gives_a_clear_error_naming_it_and_no_creden
     with RestCatalogStandIn(refuse=refuse) as server:
         uri = f"http://127.0.0.1:{closed_port()}" if refuse == "nothing listening" else server.url
         env = rest_env(uri)
-        job = load_job_config(REST_JOB)
 
         with pytest.raises(CatalogUnavailableError) as raised:
-            open_catalog(job.connector)
+            environment_catalog()
 
     message = str(raised.value)
     assert f"rest catalog at {uri}" in message
     assert {"token": "invalid_client", "config": "catalog is down", "nothing listening": "Connection refused"}[refuse] in message
-    assert FAKE_SECRET not in message and env["SOCIAL_ENRICH_REST_CREDENTIAL"] not in message
+    assert FAKE_SECRET not in message and env["REST_CREDENTIAL"] not in message

@@ -33,26 +33,34 @@ def test_builtin_sentiment_job_loads_with_defaults():
     assert job.name == "sentiment"
     assert job.asset_name == "social_media_sentiment"
     assert job.response_model is Sentiment
-    assert job.connector.catalog == {} and job.connector.warehouse is None  # the embedded default
     assert [t.table for t in job.connector.source.tables] == ["fact_social_media_reaction_post", "dim_post_details"]
     assert job.connector.target.partition_by == ["year"]
     assert job.inference.include_fields == ["post_text", "hashtags", "language"]
 
 
 def test_environment_variables_fill_values(monkeypatch):
-    monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", "s3://bucket/warehouse")
+    monkeypatch.setenv("SOCIAL_ENRICH_START_DATE", "2026-10-15")
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-4.1-mini")
     job = load_job_config(BUILTIN)
-    assert job.connector.warehouse == "s3://bucket/warehouse"
+    assert job.connector.source.start_date.isoformat() == "2026-10-15"
     assert job.inference.model == "gpt-4o-mini"  # what the job asks for; the deployment is the environment's
 
 
 def test_unset_variable_without_default_names_file_and_field(tmp_path):
-    path = write_job(tmp_path, lambda raw: raw["connector"].update(warehouse="${NO_SUCH_VARIABLE_XYZ}"))
+    path = write_job(tmp_path, lambda raw: raw["connector"]["target"].update(table="${NO_SUCH_VARIABLE_XYZ}"))
     with pytest.raises(JobConfigError) as error:
         load_job_config(path)
     assert str(path) in str(error.value)
-    assert "connector.warehouse" in str(error.value) and "NO_SUCH_VARIABLE_XYZ" in str(error.value)
+    assert "connector.target.table" in str(error.value) and "NO_SUCH_VARIABLE_XYZ" in str(error.value)
+
+
+@pytest.mark.parametrize("moved", ["catalog", "warehouse"])
+def test_a_job_that_names_a_catalog_is_told_the_environment_chooses_it(tmp_path, moved):
+    path = write_job(tmp_path, lambda raw: raw["connector"].update({moved: {"type": "glue"} if moved == "catalog" else "s3://b/w"}))
+    with pytest.raises(JobConfigError) as error:
+        load_job_config(path)
+    message = str(error.value)
+    assert str(path) in message and f"connector.{moved}" in message and "SOCIAL_ENRICH_CATALOG" in message
 
 
 @pytest.mark.parametrize(
@@ -118,16 +126,6 @@ def test_two_jobs_of_one_folder_may_not_share_a_name(tmp_path):
         discover_job_configs([tmp_path])
 
 
-@pytest.mark.parametrize("catalog", ["glue", "rest"])
-def test_the_deploy_jobs_differ_from_the_builtin_only_in_their_catalog(catalog):  # until the catalog is a resource
-    """deploy/jobs/<catalog>/sentiment.yaml replaces the built-in job: everything but the catalog stays the same."""
-    deploy = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "jobs" / catalog / "sentiment.yaml").read_text())
-    builtin = yaml.safe_load(BUILTIN.read_text())
-    for raw in (deploy, builtin):
-        del raw["description"], raw["connector"]["catalog"], raw["connector"]["warehouse"]
-    assert deploy == builtin
-
-
 def test_a_local_model_without_text_field_is_a_load_time_error(tmp_path):
     """Without text_field the local model is handed no text and would call every post neutral, silently."""
     path = write_job(tmp_path, lambda raw: raw["inference"].pop("text_field"))
@@ -145,12 +143,8 @@ def test_an_azure_only_job_needs_no_text_field(tmp_path):
 
 
 def test_every_shipped_job_yaml_loads(monkeypatch):
-    """The validators above hold for the built-in job, the deploy jobs and the test suite's second job."""
-    monkeypatch.setenv("SOCIAL_ENRICH_WAREHOUSE", "s3://bucket/warehouse")  # the deploy jobs' required variables
-    monkeypatch.setenv("SOCIAL_ENRICH_REST_URI", "https://catalog.example")
-    deploy = Path(__file__).resolve().parents[1] / "deploy" / "jobs"
-    for path in (BUILTIN, deploy / "glue" / "sentiment.yaml", deploy / "rest" / "sentiment.yaml"):
-        assert load_job_config(path).inference.text_field == "post_text", path
+    """The validators above hold for the built-in job and the test suite's second job."""
+    assert load_job_config(BUILTIN).inference.text_field == "post_text"
     raw = yaml.safe_load(SECOND_JOB_YAML)
     assert JobConfig.model_validate({**raw, "name": "topics"}).inference.text_field == "post_text"
 

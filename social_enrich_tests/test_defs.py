@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from social_enrich.definitions import build_definitions, defs
 from social_enrich.lakehouse.catalog import load_table
@@ -113,26 +112,3 @@ def test_dagster_dev_serves_the_assets_with_their_partitions(state_home, tmp_pat
     assert partitions[0] == "2026-11-01" and len(partitions) >= 7
 
 
-def _job_reading_gold_from(folder: Path, catalog: str) -> Path:
-    """A copy of the sentiment job under another name and target, reading the same-named gold tables from ``catalog``."""
-    from social_enrich.environment import BUILTIN_JOBS_DIR
-
-    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
-    text = text.replace("catalog: {}", f"catalog: {catalog}").replace("table: social_media_sentiment", "table: other_sentiment")
-    folder.mkdir()
-    (folder / "other.yaml").write_text(text)
-    return folder
-
-
-def test_same_named_tables_of_two_catalogs_are_refused_or_told_apart(tmp_path):
-    from social_enrich.config import JobConfigError
-    from social_enrich.environment import BUILTIN_JOBS_DIR
-
-    lake = f"{{type: sql, uri: 'sqlite:///{tmp_path}/lake.db', init_catalog_tables: 'true'}}"
-    unnamed = _job_reading_gold_from(tmp_path / "unnamed", lake)
-    with pytest.raises(JobConfigError, match=r"jobs 'sentiment' .* and 'other' .* connector.catalog.name"):
-        build_definitions([BUILTIN_JOBS_DIR, unnamed])
-
-    named = _job_reading_gold_from(tmp_path / "named", lake.replace("{type: sql", "{name: lake, type: sql"))
-    keys = {k.to_user_string() for k in build_definitions([BUILTIN_JOBS_DIR, named]).resolve_asset_graph().get_all_asset_keys()}
-    assert {"gold/dim_post_details", "lake/gold/dim_post_details"} <= keys

@@ -17,7 +17,7 @@ import pytest
 
 from social_enrich import demo
 from social_enrich.config import discover_job_configs
-from social_enrich.lakehouse.catalog import open_catalog
+from social_enrich.lakehouse.catalog import environment_catalog
 from social_enrich_tests.conftest import SAMPLE_START
 from social_enrich_tests.lambda_deployment import api_event
 from social_enrich_tests.moto_aws import REGION, aws_env, moto_url  # noqa: F401 (fixtures)
@@ -68,23 +68,23 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_the_bundle_fits_lambda_and_holds_no_dagster(bundle: Path):
     assert folder_bytes(bundle) < LAMBDA_UNZIPPED_LIMIT
     assert (bundle / "social_enrich" / "lambda_handler.py").is_file()
-    assert (bundle / "jobs" / "glue" / "sentiment.yaml").is_file()  # SOCIAL_ENRICH_JOBS_DIR=/var/task/jobs/glue
+    assert (bundle / "social_enrich" / "jobs" / "sentiment.yaml").is_file()  # the built-in job; the catalog is the environment's
     assert (bundle / "dagster_pipes").is_dir() and not (bundle / "dagster").exists()
 
 
 def test_the_bundle_alone_serves_a_request_on_glue_and_s3(bundle: Path, state_home: Path, moto_url: str, monkeypatch):  # noqa: F811
     """A fresh interpreter that sees only the standard library and the bundle (-I -S), as on Lambda,
-    with the bundled Glue job against moto's Glue and S3."""
+    with the built-in job on a Glue catalog (the environment's) against moto's Glue and S3."""
     boto3.client("s3").create_bucket(Bucket="bundle-lake")
-    env = {"SOCIAL_ENRICH_HOME": str(state_home), "HOME": str(state_home), "SOCIAL_ENRICH_JOBS_DIR": str(bundle / "jobs" / "glue"),
-           "SOCIAL_ENRICH_WAREHOUSE": "s3://bundle-lake/warehouse", "AWS_REGION": REGION,
-           "SOCIAL_ENRICH_GLUE_ENDPOINT": moto_url, "SOCIAL_ENRICH_S3_ENDPOINT": moto_url}
+    glue = {"type": "glue", "client.region": REGION, "glue.endpoint": moto_url, "s3.endpoint": moto_url}
+    env = {"SOCIAL_ENRICH_HOME": str(state_home), "HOME": str(state_home), "SOCIAL_ENRICH_CATALOG": json.dumps(glue),
+           "SOCIAL_ENRICH_WAREHOUSE": "s3://bundle-lake/warehouse", "AWS_REGION": REGION}
     env |= {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE",
                                                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED")}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     (job,) = discover_job_configs()
-    seeded = demo.seed_gold_tables(open_catalog(job.connector), posts=200, days=2, start=SAMPLE_START)
+    seeded = demo.seed_gold_tables(environment_catalog(), posts=200, days=2, start=SAMPLE_START)
     event = api_event("sentiment", {"date": SAMPLE_START.isoformat()})
 
     done = subprocess.run([sys.executable, "-I", "-S", "-c", CALL_HANDLER, str(bundle), json.dumps(event)],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -81,7 +80,7 @@ def test_a_bad_request_is_400_and_names_the_parameter(deployment: Deployment, qu
 
 
 def test_a_broken_job_config_is_400_and_names_the_field(deployment: Deployment, tmp_path: Path, monkeypatch):
-    path = job_yaml(tmp_path / "broken", os.environ["AWS_ENDPOINT_URL"], deployment.bucket)
+    path = job_yaml(tmp_path / "broken")
     path.write_text(path.read_text().replace("  workers: 20", "  workers: many"))
     monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(path.parent))
 
@@ -128,7 +127,7 @@ def test_a_missing_secret_is_500_naming_it_and_never_the_key(deployment: Deploym
 def test_the_deadline_stops_between_chunks_writes_what_is_done_and_a_second_call_finishes(
     deployment: Deployment, tmp_path, monkeypatch, state_home: Path
 ):
-    path = job_yaml(tmp_path / "small_chunks", os.environ["AWS_ENDPOINT_URL"], deployment.bucket, chunk_posts=20)
+    path = job_yaml(tmp_path / "small_chunks", chunk_posts=20)
     monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(path.parent))
     posts = deployment.posts_on(DAY)
 
@@ -157,7 +156,7 @@ def test_the_deadline_stops_between_chunks_writes_what_is_done_and_a_second_call
 def test_a_stopped_rerun_keeps_the_rows_it_did_not_reach(deployment: Deployment, tmp_path, monkeypatch):
     assert call(api_event("sentiment", {"date": DAY.isoformat()}))[0] == 200
     before = deployment.target()
-    path = job_yaml(tmp_path / "small_chunks", os.environ["AWS_ENDPOINT_URL"], deployment.bucket, chunk_posts=20)
+    path = job_yaml(tmp_path / "small_chunks", chunk_posts=20)
     monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(path.parent))
 
     status, body = call(api_event("sentiment", {"date": DAY.isoformat()}), ScriptedContext(1))
@@ -169,7 +168,7 @@ def test_a_stopped_rerun_keeps_the_rows_it_did_not_reach(deployment: Deployment,
 
 def test_sigterm_finishes_the_chunk_then_answers_cleanly(deployment: Deployment, tmp_path, monkeypatch):
     """The function in a process of its own, as on Lambda: SIGTERM while it scores, then it writes and answers."""
-    path = job_yaml(tmp_path / "small_chunks", os.environ["AWS_ENDPOINT_URL"], deployment.bucket, chunk_posts=20)
+    path = job_yaml(tmp_path / "small_chunks", chunk_posts=20)
     monkeypatch.setenv("SOCIAL_ENRICH_JOBS_DIR", str(path.parent))
     deployment.emulator.settings.latency_seconds = 0.2  # a few seconds in all, so the signal lands mid-run
     event, result = tmp_path / "event.json", tmp_path / "result.json"

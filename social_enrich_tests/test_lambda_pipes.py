@@ -126,7 +126,7 @@ WARM = InProcessLambdaClient()
 def test_a_warm_function_serves_one_partition_after_another(deployment: Deployment, instance):
     defs = build_definitions()
     asset = defs.get_assets_def("social_media_sentiment")
-    resources = {"model_provider": defs.resources["model_provider"], "aws_lambda": WarmLambda()}
+    resources = {**defs.resources, "aws_lambda": WarmLambda()}
     days = [DAY, DAY.replace(day=DAY.day + 1)]
 
     for day in days:

@@ -123,7 +123,7 @@ def _writer(home: str, first: str, last: str, results) -> None:
 
     job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
     try:
-        report = enrich_days(job, dt.date.fromisoformat(first), dt.date.fromisoformat(last), open_catalog(job.connector),
+        report = enrich_days(job, dt.date.fromisoformat(first), dt.date.fromisoformat(last), open_catalog(),
                              LocalProvider(VaderSentimentModel(), Sentiment))
         results.put((first, "ok", report.write.commit_attempts))
     except Exception as e:  # reported to the test, which fails on it

@@ -157,7 +157,7 @@ from social_enrich.enrichment import enrich_partition
 from social_enrich.inference.selection import environment_provider
 from social_enrich.lakehouse.catalog import open_catalog
 job = load_job_config(sys.argv[1])
-enrich_partition(job, dt.date.fromisoformat(sys.argv[2]), open_catalog(job.connector), environment_provider(job))
+enrich_partition(job, dt.date.fromisoformat(sys.argv[2]), open_catalog(), environment_provider(job))
 """
 
 

@@ -29,12 +29,12 @@ from cfnlint.api import ManualArgs, lint
 from cfnlint.decode.decode import decode_str
 
 from social_enrich import environment
-from social_enrich.config import discover_job_configs, load_job_config
+from social_enrich.config import discover_job_configs
 from social_enrich.inference import credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "lambda" / "template.yaml"
-GLUE_JOB = ROOT / "deploy" / "jobs" / "glue" / "sentiment.yaml"
+JOB = ROOT / "social_enrich" / "jobs" / "sentiment.yaml"
 REGION, ACCOUNT, STACK = "us-east-1", "123456789012", "social-enrich"
 SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:prod/openai-AbC123"
 REQUIRED = {"WarehouseBucket": "lake", "OpenAISecretArn": SECRET}
@@ -218,8 +218,8 @@ def full_stack(template: dict[str, Any]) -> Stack:
     return Stack(template, ALL_OPTIONAL)
 
 
-def glue_job_databases() -> tuple[set[str], str]:
-    raw = yaml.safe_load(GLUE_JOB.read_text(encoding="utf-8"))
+def job_databases() -> tuple[set[str], str]:
+    raw = yaml.safe_load(JOB.read_text(encoding="utf-8"))
     return {t["database"] for t in raw["connector"]["source"]["tables"]}, raw["connector"]["target"]["database"]
 
 
@@ -281,63 +281,49 @@ def test_memory_timeout_and_concurrency_default_to_the_designed_values(template:
     assert log_group["LogGroupName"] == f"/aws/lambda/{STACK}" and log_group["RetentionInDays"] == 30
 
 
-def test_the_environment_is_what_the_code_and_the_glue_job_read(stack: Stack, full_stack: Stack):
+def test_the_environment_is_what_the_code_reads(stack: Stack, full_stack: Stack):
     env = stack.properties("Function")["Environment"]["Variables"]
     assert env == {
         "SOCIAL_ENRICH_ENV": "production",  # Azure OpenAI, never the local model
         "SOCIAL_ENRICH_HOME": "/tmp/social_enrich",
-        "SOCIAL_ENRICH_JOBS_DIR": "/var/task/jobs/glue",
+        "SOCIAL_ENRICH_CATALOG": json.dumps({"type": "glue", "client.region": REGION}),
         "SOCIAL_ENRICH_WAREHOUSE": "s3://lake/warehouse",
         "OPENAI_SECRET_NAME": SECRET,
         "AZURE_OPENAI_DEPLOYMENT": "gpt-4o-mini",
     }
-    # Optional parameters left empty set no variable at all: the job's own defaults apply.
+    # Optional parameters left empty set no variable or property at all: the defaults apply.
     full = full_stack.properties("Function")["Environment"]["Variables"]
-    assert set(full) - set(env) == {"AZURE_OPENAI_RPM", "AZURE_OPENAI_TPM", "SOCIAL_ENRICH_GLUE_CATALOG_ID"}
-    assert (full["AZURE_OPENAI_RPM"], full["AZURE_OPENAI_TPM"], full["SOCIAL_ENRICH_GLUE_CATALOG_ID"]) == ("300", "50000", "210987654321")
+    assert set(full) - set(env) == {"AZURE_OPENAI_RPM", "AZURE_OPENAI_TPM"}
+    assert (full["AZURE_OPENAI_RPM"], full["AZURE_OPENAI_TPM"]) == ("300", "50000")
+    assert json.loads(full["SOCIAL_ENRICH_CATALOG"]) == {"type": "glue", "client.region": REGION, "glue.id": "210987654321"}
 
-    # The names are the code's: state folder, job folders, model secret ...
-    assert {environment.STATE_DIR_VAR, environment.JOBS_DIR_VAR, credentials.SECRET_NAME_VAR} <= set(env)
+    # Every name is one the code reads: the profile, state folder, catalog, model secret, provider settings.
+    code_vars = {environment.ENVIRONMENT_VAR, environment.STATE_DIR_VAR, environment.CATALOG_VAR, environment.WAREHOUSE_VAR,
+                 credentials.SECRET_NAME_VAR, *environment.AZURE_SETTINGS_VARS.values()}
+    assert set(full) <= code_vars
     assert env[environment.STATE_DIR_VAR].startswith("/tmp/")  # the only writable place in Lambda
-    # ... and every other one is the environment's (the profile, the provider's settings) or a ${VARIABLE}
-    # of the Glue job config the function loads.
-    job_vars = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", GLUE_JOB.read_text(encoding="utf-8")))
-    code_vars = {environment.STATE_DIR_VAR, environment.JOBS_DIR_VAR, credentials.SECRET_NAME_VAR,
-                 environment.ENVIRONMENT_VAR, *environment.AZURE_SETTINGS_VARS.values()}
-    assert set(full) - code_vars <= job_vars
-    # Lambda sets AWS_REGION itself (a reserved name the template may not set).
-    assert "AWS_REGION" in job_vars and "AWS_REGION" not in full
 
 
-def test_the_jobs_dir_is_the_glue_job_folder_of_the_repository(stack: Stack, monkeypatch: pytest.MonkeyPatch):
+def test_the_functions_environment_gives_the_glue_catalog_and_the_builtin_job(stack: Stack, monkeypatch: pytest.MonkeyPatch):
+    """With the function's environment, the built-in job loads unchanged (no job folder of its own),
+    the catalog is Glue with no endpoint or credential (the role's), and the databases are those the
+    role is scoped to."""
     env = stack.properties("Function")["Environment"]["Variables"]
-    # /var/task is the bundle's root; the bundle holds deploy/jobs as jobs/.
-    relative = Path(env["SOCIAL_ENRICH_JOBS_DIR"]).relative_to("/var/task")
-    assert relative == Path("jobs/glue")
-    in_repo = ROOT / "deploy" / relative
-    assert (in_repo / "sentiment.yaml") == GLUE_JOB and GLUE_JOB.is_file()
-    built = ROOT / "build" / "lambda"
-    if (built / "social_enrich").is_dir():  # a bundle was built here: it has the same layout
-        assert (built / relative / "sentiment.yaml").read_bytes() == GLUE_JOB.read_bytes()
-
-    # With the function's environment, that folder's sentiment job loads, replaces the built-in one,
-    # and names the databases the role is scoped to.
     for name, value in env.items():
         if name != environment.STATE_DIR_VAR:  # the state folder stays the test's own (conftest)
             monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv(environment.JOBS_DIR_VAR, str(in_repo))
-    jobs = {job.name: job for job in discover_job_configs()}
-    job = jobs["sentiment"]
-    assert job.path == GLUE_JOB
-    assert job.connector.warehouse == "s3://lake/warehouse"
+    assert environment.resolved_catalog_properties(environment.catalog_choice()) == {
+        "type": "glue", "client.region": REGION, "warehouse": "s3://lake/warehouse",
+    }
+    (job,) = discover_job_configs()
+    assert job.path == environment.BUILTIN_JOBS_DIR / "sentiment.yaml"
     assert {t.database for t in job.connector.source.tables} == {stack.values["GoldDatabase"]}
     assert job.connector.target.database == stack.values["TargetDatabase"]
-    assert load_job_config(GLUE_JOB).inference.model == "gpt-4o-mini"
+    assert job.inference.model == "gpt-4o-mini"
 
 
-def test_the_database_parameters_default_to_the_glue_jobs_databases(template: dict[str, Any]):
-    sources, target = glue_job_databases()
+def test_the_database_parameters_default_to_the_jobs_databases(template: dict[str, Any]):
+    sources, target = job_databases()
     assert sources == {template["Parameters"]["GoldDatabase"]["Default"]}
     assert target == template["Parameters"]["TargetDatabase"]["Default"]
 

@@ -51,7 +51,7 @@ class Sensor:
         self.cursor: str | None = None
 
     def tick(self, cursor: str | None = None) -> dg.SensorResult:
-        context = dg.build_sensor_context(instance=self.instance, cursor=cursor or self.cursor, definitions=self.defs)
+        context = dg.build_sensor_context(instance=self.instance, cursor=cursor or self.cursor, definitions=self.defs, resources=self.defs.resources)
         result = self.definition.evaluate_tick(context)
         for event in result.asset_events:  # what the sensor daemon does with them
             self.instance.report_runless_asset_event(event)

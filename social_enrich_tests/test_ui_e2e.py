@@ -320,7 +320,7 @@ def test_materialize_two_days_from_the_ui(browser, dagster_dev: DagsterDev, page
     target = sentiment_job.connector.target
     with step(f"{target.identifier} holds the posts of exactly those days"):
         # Every post whose latest touch in the gold tables falls on one of those days, once, on that day.
-        catalog = open_catalog(sentiment_job.connector)
+        catalog = open_catalog()
         rows = load_table(catalog, target.identifier).scan().to_arrow()
         written = dict(zip(rows[target.index_field].to_pylist(), rows["partition_date"].to_pylist()))
         expected = _expected_partition_of_each_post(catalog, days)

@@ -87,7 +87,6 @@ def build(output: Path, strip: bool = True) -> int:
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(output)]
     run([*pip, *PLATFORM, "-r", str(REQUIREMENTS)])
     run([*pip, "--no-deps", str(ROOT)])
-    shutil.copytree(ROOT / "deploy" / "jobs", output / "jobs")  # SOCIAL_ENRICH_JOBS_DIR=/var/task/jobs/glue
     removed = prune(output)
     stripped = strip_libraries(output) if strip else 0
     size = folder_bytes(output)

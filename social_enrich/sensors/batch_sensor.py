@@ -22,8 +22,7 @@ from social_enrich.environment import default_state_store
 from social_enrich.inference.azure_batch import AzureBatchClient
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider
 from social_enrich.inference.credentials import CredentialsError
-from social_enrich.resources import ModelProviderResource
-from social_enrich.lakehouse.catalog import open_catalog
+from social_enrich.resources import IcebergCatalogResource, ModelProviderResource
 
 
 class _AzureWhenNeeded(AzureBatchClient):
@@ -90,11 +89,11 @@ def build_batch_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.SensorD
         default_status=dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED,
         description=f"Polls the Azure OpenAI batches of job '{job.name}', writes and materializes the days they complete.",
     )
-    def _poll(context: dg.SensorEvaluationContext, model_provider: ModelProviderResource) -> dg.SensorResult:
+    def _poll(context: dg.SensorEvaluationContext, catalog: IcebergCatalogResource, model_provider: ModelProviderResource) -> dg.SensorResult:
         if not _work_queued(job):
             return dg.SensorResult(skip_reason=dg.SkipReason(f"no Batch API work queued for job '{job.name}'"))
         try:
-            report = collect_batches(job, open_catalog(job.connector), _AzureWhenNeeded(job, model_provider), context.log)
+            report = collect_batches(job, catalog.open(), _AzureWhenNeeded(job, model_provider), context.log)
         except (AzureOpenAIConfigError, CredentialsError) as e:
             # The work stays queued; the next tick after the setting is fixed carries on.
             return dg.SensorResult(skip_reason=dg.SkipReason(f"job '{job.name}' has Batch API work queued, but Azure OpenAI is not configured: {e}"))

@@ -25,7 +25,8 @@ from pyiceberg.table import Table
 
 from social_enrich.assets import observation_metadata, source_asset_key
 from social_enrich.config import JobConfig, TableRef
-from social_enrich.lakehouse.catalog import TableNotFoundError, load_table, open_catalog
+from social_enrich.lakehouse.catalog import TableNotFoundError, load_table
+from social_enrich.resources import IcebergCatalogResource
 from social_enrich.lakehouse.snapshot_changes import days_touched_since
 from social_enrich.lakehouse.snapshots import current_snapshot_info
 
@@ -111,12 +112,12 @@ def build_snapshot_sensor(job: JobConfig, asset: dg.AssetsDefinition) -> dg.Sens
             "touched, read from Iceberg metadata."
         ),
     )
-    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def _sensor(context: dg.SensorEvaluationContext, catalog: IcebergCatalogResource) -> dg.SensorResult:
         cursor = read_cursor(context.cursor, name)
         tick = _Tick(job, context.log)
-        catalog = open_catalog(job.connector)
+        opened = catalog.open()
         for ref in job.connector.source.tables:
-            tick.look_at(ref, catalog, cursor)
+            tick.look_at(ref, opened, cursor)
         if cursor is not None:
             tick.add_pending(cursor.pending_days)
         ready = tick.ready_days(partitions)
@@ -201,7 +202,7 @@ class _Tick:
         }
         self.observations.append(
             dg.AssetObservation(
-                asset_key=source_asset_key(self.job, ref), tags={DATA_VERSION_TAG: str(info.snapshot_id)}, metadata=metadata
+                asset_key=source_asset_key(ref), tags={DATA_VERSION_TAG: str(info.snapshot_id)}, metadata=metadata
             )
         )
 
