@@ -78,7 +78,7 @@ def main() -> None:
         from social_enrich.environment import BUILTIN_JOBS_DIR
         from social_enrich.lakehouse.catalog import load_table, open_catalog
 
-        job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+        job = load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
         catalog = open_catalog()
         first = job.connector.source.start_date
         days = days_between(first, first + dt.timedelta(days=args.days - 1))

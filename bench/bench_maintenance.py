@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
     from social_enrich.lakehouse.maintenance import run_maintenance
     from social_enrich.lakehouse.target_table import open_target, write_days
 
-    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
     catalog = open_catalog()
     start = dt.date(2026, 1, 1)
     per_day, moved = args.posts_per_day, int(args.posts_per_day * args.moved_share)

@@ -2,6 +2,7 @@
 
 
 import datetime as dt
+import functools
 import json
 import time
 import traceback
@@ -72,15 +73,19 @@ def source_asset_key(ref: TableRef) -> AssetKey:
     return AssetKey([ref.database, ref.table])
 
 
-def build_gold_source_asset(ref: TableRef) -> AssetsDefinition:
+@functools.cache
+def build_gold_source_asset(database: str, table_name: str) -> AssetsDefinition:
+    # One object per table, however many jobs (components) read it: Dagster merges the same object once.
+    identifier = f"{database}.{table_name}"
+
     @observable_source_asset(
-        key=source_asset_key(ref),
-        group_name=ref.database,
-        description=f"Iceberg table {ref.identifier}; its data version is the current snapshot id.",
-        metadata={"dagster/table_name": ref.identifier},
+        key=AssetKey([database, table_name]),
+        group_name=database,
+        description=f"Iceberg table {identifier}; its data version is the current snapshot id.",
+        metadata={"dagster/table_name": identifier},
     )
     def _observe(catalog: IcebergCatalogResource) -> ObserveResult:
-        table = load_table(catalog.open(), ref.identifier)
+        table = load_table(catalog.open(), identifier)
         info = current_snapshot_info(table)
         metadata = observation_metadata(info)
         return ObserveResult(data_version=DataVersion(str(info.snapshot_id)), metadata=metadata)
@@ -91,7 +96,7 @@ def build_gold_source_asset(ref: TableRef) -> AssetsDefinition:
 def gold_source_assets(jobs: list[JobConfig]) -> list[AssetsDefinition]:
     """One observable asset per distinct source table across all jobs."""
     refs = {source_asset_key(ref): ref for job in jobs for ref in job.connector.source.tables}
-    return [build_gold_source_asset(ref) for ref in refs.values()]
+    return [build_gold_source_asset(ref.database, ref.table) for ref in refs.values()]
 
 
 def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +195,13 @@ def _materialize(
     yield from day_materializations(job, report, seconds, target_rows)
 
 
+def daily_partitions(job: JobConfig) -> DailyPartitionsDefinition:
+    """The job's daily partitions: a downstream asset with these lines up with it day by day."""
+    return DailyPartitionsDefinition(start_date=job.connector.source.start_date.isoformat())
+
+
 def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
-    partitions = DailyPartitionsDefinition(start_date=job.connector.source.start_date.isoformat())
+    partitions = daily_partitions(job)
 
     @asset(
         name=job.asset_name,

@@ -7,12 +7,21 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
-from social_enrich.environment import CATALOG_VAR, ENVIRONMENT_VAR, PROVIDER_VAR, WAREHOUSE_VAR, jobs_dirs
+from social_enrich.environment import (
+    CATALOG_VAR,
+    ENVIRONMENT_VAR,
+    EXECUTION_VAR,
+    LAMBDA_FUNCTION_VAR,
+    PIPES_BUCKET_VAR,
+    PROVIDER_VAR,
+    WAREHOUSE_VAR,
+    jobs_dirs,
+)
 from social_enrich.lakehouse.response_schema import check_response_model
 from social_enrich.plugins import resolve_local_model, resolve_response_model
 from social_enrich.response_summary import Summary, model_summary
@@ -146,6 +155,14 @@ class LocalModelRef(_Strict):
         return value
 
 
+LOCAL_MODEL_SCHEMA = {"anyOf": [
+    {"type": "string"},
+    {"type": "object", "properties": {"name": {"type": "string"}, "args": {"type": "object"}}, "required": ["name"],
+     "additionalProperties": False},
+    {"type": "null"},
+]}
+
+
 class SummaryConfig(_Strict):
     """Replaces the response model's declared summary (see social_enrich/response_summary.py)."""
 
@@ -164,7 +181,8 @@ class InferenceConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     price_per_million_tokens: PriceConfig = Field(default_factory=PriceConfig)
     response_format: str = Field(description="A registered response model name or 'module:Class'.")
-    local_model: LocalModelRef | None = Field(
+    # The schema (for dg check yaml) says what LocalModelRef accepts: a bare name too (local_model: vader).
+    local_model: Annotated[LocalModelRef | None, WithJsonSchema(LOCAL_MODEL_SCHEMA)] = Field(
         default=None, description="The job's local model (a name or 'module:Class', and its arguments): used where the environment is local."
     )
     model: str = Field(
@@ -234,11 +252,14 @@ class AutomationConfig(_Strict):
 
 
 class LambdaConfig(_Strict):
-    """Where the asset sends its partitions when execution.mode is lambda (see social_enrich/lambda_handler.py)."""
+    """Where the asset sends its partitions when execution.mode is lambda (see social_enrich/lambda_handler.py).
+    Unset, the function and the bucket are the deployment's: $SOCIAL_ENRICH_LAMBDA_FUNCTION, $SOCIAL_ENRICH_PIPES_BUCKET."""
 
-    function_name: str | None = Field(default=None, description="The Lambda function (name or ARN) that runs a partition.")
+    function_name: str | None = Field(
+        default_factory=lambda: os.environ.get(LAMBDA_FUNCTION_VAR) or None, description="The Lambda function (name or ARN) that runs a partition."
+    )
     messages_bucket: str | None = Field(
-        default=None,
+        default_factory=lambda: os.environ.get(PIPES_BUCKET_VAR) or None,
         description="S3 bucket for Dagster Pipes messages; empty: read them from the 4 KB log tail of the invocation.",
     )
     chunk_posts: int = Field(
@@ -256,7 +277,8 @@ class ExecutionConfig(_Strict):
 
     # `lambda` is a Python keyword: the field is aws_lambda, spelt lambda in YAML and in dumps.
     model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
-    mode: Literal["in_process", "lambda"] = Field(default="in_process")
+    # Unset, the deployment's: $SOCIAL_ENRICH_EXECUTION (default in_process), read when the job loads.
+    mode: Literal["in_process", "lambda"] = Field(default_factory=lambda: os.environ.get(EXECUTION_VAR) or "in_process")
     aws_lambda: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
 
     @model_validator(mode="after")
@@ -290,14 +312,26 @@ class MaintenanceConfig(_Strict):
     )
 
 
-class JobConfig(_Strict):
-    name: str = Field(pattern=IDENTIFIER)
+class JobAttributes(_Strict):
+    """What an enrichment is: the ``attributes`` of its ``defs.yaml`` (the EnrichmentComponent's schema,
+    checked by ``dg check yaml``) or a whole job YAML. ``${VAR}`` and ``${VAR:-default}`` in any string
+    take values from the environment."""
+
     description: str = ""
     connector: ConnectorConfig
     inference: InferenceConfig
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment_values(cls, value: Any) -> Any:
+        return _substitute_env(value, "") if isinstance(value, dict) else value
+
+
+class JobConfig(JobAttributes):
+    name: str = Field(pattern=IDENTIFIER)
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -362,8 +396,13 @@ def _describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+COMPONENT_TYPE = "social_enrich.components.EnrichmentComponent"
+DEFS_FILE = "defs.yaml"
+
+
 def load_job_config(path: str | Path) -> JobConfig:
-    """Read, substitute and validate one job YAML; any problem raises JobConfigError naming the file."""
+    """Read, substitute and validate one job: a component's ``<job>/defs.yaml`` (its ``attributes``;
+    the job is named by its folder) or a job YAML; any problem raises JobConfigError naming the file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -373,9 +412,12 @@ def load_job_config(path: str | Path) -> JobConfig:
         raise JobConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise JobConfigError(f"{path}: a job config must be a mapping, got {type(raw).__name__}")
+    if path.name == DEFS_FILE:
+        if raw.get("type") != COMPONENT_TYPE or not isinstance(raw.get("attributes"), dict):
+            raise JobConfigError(f"{path}: an enrichment job's defs.yaml has type: {COMPONENT_TYPE} and its settings under attributes:")
+        raw = {**raw["attributes"], "name": path.parent.name}
     raw.setdefault("name", path.stem)
     try:
-        raw = _substitute_env(raw, "")
         return JobConfig.model_validate({**raw, "path": path})
     except JobConfigError as e:
         raise JobConfigError(f"{path}: {e}") from e
@@ -383,16 +425,22 @@ def load_job_config(path: str | Path) -> JobConfig:
         raise JobConfigError(f"{path}: invalid job config\n{_describe(e)}") from e
 
 
+def job_files(folder: Path) -> list[Path]:
+    """The jobs of a folder: its ``*.yaml`` job files and the ``*/defs.yaml`` of enrichment components."""
+    components = [p for p in sorted(folder.glob(f"*/{DEFS_FILE}")) if f"type: {COMPONENT_TYPE}" in p.read_text(encoding="utf-8")]
+    return [*sorted(folder.glob("*.yaml")), *components]
+
+
 def discover_job_configs(dirs: list[Path] | None = None) -> list[JobConfig]:
-    """Every *.yaml job in the job folders. A job in a later folder replaces an earlier folder's job of
-    the same name (a deployment's sentiment.yaml replaces the built-in one); otherwise two jobs may not
-    share a name or a target."""
+    """Every job in the job folders (the package's defs folder first). A job in a later folder replaces
+    an earlier folder's job of the same name (a deployment's sentiment.yaml replaces the built-in one);
+    otherwise two jobs may not share a name or a target."""
     by_name: dict[str, JobConfig] = {}
     for folder in dirs if dirs is not None else jobs_dirs():
         if not folder.is_dir():
             raise JobConfigError(f"{folder}: job folder does not exist")
         in_folder: dict[str, JobConfig] = {}
-        for job in (load_job_config(p) for p in sorted(folder.glob("*.yaml"))):
+        for job in (load_job_config(p) for p in job_files(folder)):
             if job.name in in_folder:
                 raise JobConfigError(f"{job.path}: job name '{job.name}' is already used by {in_folder[job.name].path}")
             in_folder[job.name] = job

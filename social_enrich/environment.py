@@ -25,6 +25,10 @@ ENVIRONMENT_VAR = "SOCIAL_ENRICH_ENV"
 PROFILES = ("local", "production")
 PROVIDER_VAR = "SOCIAL_ENRICH_PROVIDER"  # production: a provider name or module:Class (default azure_openai)
 PROVIDER_CONFIG_VAR = "SOCIAL_ENRICH_PROVIDER_CONFIG"  # production: the provider's config, as a JSON object
+# Where runs execute, unless a job's execution section says: in_process or lambda, the function, the Pipes bucket.
+EXECUTION_VAR = "SOCIAL_ENRICH_EXECUTION"
+LAMBDA_FUNCTION_VAR = "SOCIAL_ENRICH_LAMBDA_FUNCTION"
+PIPES_BUCKET_VAR = "SOCIAL_ENRICH_PIPES_BUCKET"
 # Development: jobs with execution.mode lambda run the handler in a local child process, not AWS.
 LAMBDA_LOCAL_VAR = "SOCIAL_ENRICH_LAMBDA_LOCAL"
 # Azure OpenAI settings of a production deployment, read into the azure_openai provider's config.
@@ -47,7 +51,8 @@ JOBS_DIR_VAR = "SOCIAL_ENRICH_JOBS_DIR"
 STATE_URL_VAR = "SOCIAL_ENRICH_STATE_URL"
 DEFAULT_STATE_DIR = ".social_enrich"
 
-BUILTIN_JOBS_DIR = Path(__file__).parent / "jobs"
+# The package's defs folder: one folder per built-in enrichment job (<job>/defs.yaml), and hand-written defs.
+BUILTIN_JOBS_DIR = Path(__file__).parent / "defs"
 
 
 def state_dir() -> Path:
@@ -77,9 +82,13 @@ def batch_store_path() -> Path:
 
 
 def jobs_dirs() -> list[Path]:
-    """Folders of job YAML files: the built-in jobs, then any listed in SOCIAL_ENRICH_JOBS_DIR."""
-    extra = [Path(p) for p in os.environ.get(JOBS_DIR_VAR, "").split(os.pathsep) if p]
-    return [BUILTIN_JOBS_DIR, *extra]
+    """Folders of jobs: the built-in defs folder, then any listed in SOCIAL_ENRICH_JOBS_DIR."""
+    return [BUILTIN_JOBS_DIR, *extra_jobs_dirs()]
+
+
+def extra_jobs_dirs() -> list[Path]:
+    """The folders of job YAMLs (or component folders) in SOCIAL_ENRICH_JOBS_DIR, in order."""
+    return [Path(p) for p in os.environ.get(JOBS_DIR_VAR, "").split(os.pathsep) if p]
 
 
 class EnvironmentConfigError(SocialEnrichError, ValueError):

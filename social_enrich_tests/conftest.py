@@ -41,7 +41,7 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def sentiment_job() -> JobConfig:
-    return load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+    return load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
 
 
 @pytest.fixture

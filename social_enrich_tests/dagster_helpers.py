@@ -41,9 +41,16 @@ def drop_config(asset: str = "social_media_sentiment") -> dict[str, Any]:
     return {"ops": {asset: {"config": {"drop": True}}}}
 
 
+def sentiment_job_text() -> str:
+    """The built-in sentiment job as a job YAML: the attributes of its defs.yaml, dedented."""
+    lines = (BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml").read_text().splitlines()
+    body = lines[lines.index("attributes:") + 1:]
+    return "".join(line.removeprefix("  ") + "\n" for line in body)
+
+
 def edited_sentiment_yaml(folder: Path, replacements: dict[str, str]) -> Path:
     """A copy of the sentiment job YAML in ``folder`` (created), with some lines replaced."""
-    text = (BUILTIN_JOBS_DIR / "sentiment.yaml").read_text()
+    text = sentiment_job_text()
     for old, new in replacements.items():
         assert old in text, old
         text = text.replace(old, new)

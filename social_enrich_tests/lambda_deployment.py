@@ -59,8 +59,7 @@ def job_yaml(folder: Path, chunk_posts: int = 1000) -> Path:
     """The sentiment job run in Lambda, retrying fast."""
     return edited_sentiment_yaml(folder, {
         "  posts_per_request: 20": "  posts_per_request: 5\n  retry: {max_attempts: 2, backoff_seconds: 0.05}",
-        "    function_name: ${SOCIAL_ENRICH_LAMBDA_FUNCTION:-}": f"    function_name: social-enrich\n    chunk_posts: {chunk_posts}",
-        "  mode: ${SOCIAL_ENRICH_EXECUTION:-in_process}": "  mode: lambda",
+        "automation:\n": f"execution:\n  mode: lambda\n  lambda: {{function_name: social-enrich, chunk_posts: {chunk_posts}}}\nautomation:\n",
     })
 
 

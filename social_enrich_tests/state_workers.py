@@ -54,7 +54,7 @@ def send_unsent(params: dict[str, Any]) -> dict[str, Any]:
     from social_enrich.inference.azure_batch import AzureBatchClient
     from social_enrich.state.batch_store import BatchStore
 
-    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
     if params.get("crash_after") == "claim":  # the intent is recorded, nothing uploaded yet
         AzureBatchClient.submit = lambda *a, **k: os._exit(CRASH_CODE)  # type: ignore[method-assign]
     if params.get("crash_after") == "create":  # the batch exists at Azure, the store does not know it yet

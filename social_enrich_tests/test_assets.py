@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import datetime as dt
 
 import pyarrow as pa
@@ -123,11 +125,10 @@ def test_source_missing_a_field_fails_clearly_and_leaves_the_target_as_it_was(ca
     assert load_table(catalog, TARGET).current_snapshot().snapshot_id == before
 
 
-def test_unreachable_catalog_is_named_without_secrets(tmp_path, instance):
-    defs = edited_sentiment_defs(
-        tmp_path, {"catalog: {}": "catalog: {type: rest, uri: 'http://user:hunter2@127.0.0.1:9', credential: 'id:s3cr3t'}"}
-    )
-    result = materialize_day(instance, "2026-11-02", defs=defs, raise_on_error=False)
+def test_unreachable_catalog_is_named_without_secrets(instance, monkeypatch):
+    catalog = {"type": "rest", "uri": "http://user:hunter2@127.0.0.1:9", "credential": "id:s3cr3t"}  # secrets written in, not {"env": ...}
+    monkeypatch.setenv("SOCIAL_ENRICH_CATALOG", json.dumps(catalog))
+    result = materialize_day(instance, "2026-11-02", raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = str(failure.step_failure_data.error)

@@ -30,7 +30,7 @@ from social_enrich_tests.conftest import SAMPLE_START
 from social_enrich_tests.dagster_helpers import materialization_metadata, materialize_day
 from social_enrich_tests.moto_aws import REGION, aws_env, moto_url  # noqa: F401
 
-JOB = BUILTIN_JOBS_DIR / "sentiment.yaml"
+JOB = BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml"
 BUCKET = "social-enrich-lake"
 FAKE_SECRET = "fake-secret-Zq7XwVt3pL"
 

@@ -16,11 +16,11 @@ from social_enrich.inference.local_sentiment import LocalModelMissingError
 from social_enrich.inference.selection import environment_provider
 from social_enrich_tests.second_job import SECOND_JOB_YAML
 
-BUILTIN = BUILTIN_JOBS_DIR / "sentiment.yaml"
+BUILTIN = BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml"
 
 
 def write_job(tmp_path: Path, mutate=None, name: str = "job.yaml") -> Path:
-    raw = yaml.safe_load(BUILTIN.read_text())
+    raw = yaml.safe_load(BUILTIN.read_text())["attributes"]  # a job YAML: the component's attributes
     if mutate:
         mutate(raw)
     path = tmp_path / name

@@ -157,7 +157,7 @@ def test_copied_files_exist_and_are_not_dockerignored(parser):
             for source in sources:
                 assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
                 assert not ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
-    assert not ignored("social_enrich/jobs/sentiment.yaml", patterns)  # package data the install needs
+    assert not ignored("social_enrich/defs/sentiment/defs.yaml", patterns)  # package data the install needs
 
 
 @pytest.mark.parametrize("path", [".venv/bin/python", ".git/HEAD", ".social_enrich/catalog.db",

@@ -144,7 +144,7 @@ def test_the_run_task_definition_has_the_container_the_launcher_overrides():
 
 
 def test_concurrency_lets_one_run_use_the_model_deployment_at_a_time(tmp_path):
-    pool = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml").automation.pool
+    pool = load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml").automation.pool
     assert pool == "azure_openai"
     # The enrichment asset really runs in that pool, and no asset uses another pool (which
     # default_limit: 1 would silently serialize too).

@@ -68,7 +68,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_the_bundle_fits_lambda_and_holds_no_dagster(bundle: Path):
     assert folder_bytes(bundle) < LAMBDA_UNZIPPED_LIMIT
     assert (bundle / "social_enrich" / "lambda_handler.py").is_file()
-    assert (bundle / "social_enrich" / "jobs" / "sentiment.yaml").is_file()  # the built-in job; the catalog is the environment's
+    assert (bundle / "social_enrich" / "defs" / "sentiment" / "defs.yaml").is_file()  # the built-in job; the catalog is the environment's
     assert (bundle / "dagster_pipes").is_dir() and not (bundle / "dagster").exists()
 
 

@@ -121,7 +121,7 @@ def _writer(home: str, first: str, last: str, results) -> None:
     from social_enrich.config import load_job_config
     from social_enrich.environment import BUILTIN_JOBS_DIR
 
-    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
     try:
         report = enrich_days(job, dt.date.fromisoformat(first), dt.date.fromisoformat(last), open_catalog(),
                              LocalProvider(VaderSentimentModel(), Sentiment))

@@ -16,7 +16,7 @@ from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, Em
 from social_enrich.environment import BUILTIN_JOBS_DIR, EnvironmentConfigError
 from social_enrich.inference.selection import ProviderConfigError
 from social_enrich.lakehouse.catalog import load_table
-from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day
+from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day, sentiment_job_text
 from social_enrich_tests.emulated_azure import API_KEY
 from social_enrich_tests.providers.word_list import BatchWordModel, WordListProvider, word_label
 
@@ -119,7 +119,7 @@ def test_a_provider_config_that_is_not_json_names_the_variable(monkeypatch):
 
 def test_a_job_that_names_a_provider_is_told_the_environment_chooses_it(tmp_path):
     path = tmp_path / "sentiment.yaml"
-    path.write_text((BUILTIN_JOBS_DIR / "sentiment.yaml").read_text().replace("inference:\n", "inference:\n  provider: auto\n"))
+    path.write_text(sentiment_job_text().replace("inference:\n", "inference:\n  provider: auto\n"))
     with pytest.raises(JobConfigError, match="inference.provider is no longer a job setting") as error:
         load_job_config(path)
     assert "SOCIAL_ENRICH_ENV" in str(error.value) and str(path) in str(error.value)

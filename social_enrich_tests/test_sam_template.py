@@ -34,7 +34,7 @@ from social_enrich.inference import credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "lambda" / "template.yaml"
-JOB = ROOT / "social_enrich" / "jobs" / "sentiment.yaml"
+JOB = ROOT / "social_enrich" / "defs" / "sentiment" / "defs.yaml"
 REGION, ACCOUNT, STACK = "us-east-1", "123456789012", "social-enrich"
 SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:prod/openai-AbC123"
 REQUIRED = {"WarehouseBucket": "lake", "OpenAISecretArn": SECRET}
@@ -219,7 +219,7 @@ def full_stack(template: dict[str, Any]) -> Stack:
 
 
 def job_databases() -> tuple[set[str], str]:
-    raw = yaml.safe_load(JOB.read_text(encoding="utf-8"))
+    raw = yaml.safe_load(JOB.read_text(encoding="utf-8"))["attributes"]
     return {t["database"] for t in raw["connector"]["source"]["tables"]}, raw["connector"]["target"]["database"]
 
 
@@ -316,7 +316,7 @@ def test_the_functions_environment_gives_the_glue_catalog_and_the_builtin_job(st
         "type": "glue", "client.region": REGION, "warehouse": "s3://lake/warehouse",
     }
     (job,) = discover_job_configs()
-    assert job.path == environment.BUILTIN_JOBS_DIR / "sentiment.yaml"
+    assert job.path == environment.BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml"
     assert {t.database for t in job.connector.source.tables} == {stack.values["GoldDatabase"]}
     assert job.connector.target.database == stack.values["TargetDatabase"]
     assert job.inference.model == "gpt-4o-mini"

@@ -21,6 +21,7 @@ from social_enrich.environment import BUILTIN_JOBS_DIR
 from social_enrich.resources import environment_resources
 from social_enrich.lakehouse.snapshot_changes import days_touched_since
 from social_enrich.sensors.snapshot_sensor import SnapshotCursorError, build_snapshot_sensor
+from social_enrich_tests.dagster_helpers import sentiment_job_text
 from social_enrich_tests.emulated_azure import append_posts
 from social_enrich_tests.gold_tables import append_rows, create_table
 
@@ -185,7 +186,7 @@ def test_a_re_created_table_re_enriches_its_latest_days(catalog, seeded, instanc
 @pytest.mark.filterwarnings("ignore:Function `AssetSelection.keys` is deprecated:DeprecationWarning")
 def test_one_snapshot_over_200_days_asks_for_one_backfill(catalog, seeded, monkeypatch, instance, log_lines):
     monkeypatch.setenv("SOCIAL_ENRICH_START_DATE", "2026-01-01")
-    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+    job = load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
     sensor = Sensor(job, instance)
     sensor.tick()
     days = [dt.date(2026, 1, 1) + dt.timedelta(days=n) for n in range(200)]
@@ -279,7 +280,7 @@ def test_a_bad_cursor_fails_the_tick_saying_how_to_reset_it(sensor, cursor, mess
 def _job_yaml(tmp_path, extra: str):
     path = tmp_path / "jobs" / "sentiment.yaml"
     path.parent.mkdir()
-    path.write_text((BUILTIN_JOBS_DIR / "sentiment.yaml").read_text() + extra + "\n")
+    path.write_text(sentiment_job_text() + extra + "\n")
     return path
 
 

@@ -76,7 +76,7 @@ def recent_start(monkeypatch: pytest.MonkeyPatch) -> dt.date:
 
 @pytest.fixture
 def sentiment_job(recent_start: dt.date):
-    return load_job_config(BUILTIN_JOBS_DIR / "sentiment.yaml")
+    return load_job_config(BUILTIN_JOBS_DIR / "sentiment" / "defs.yaml")
 
 
 @pytest.fixture
