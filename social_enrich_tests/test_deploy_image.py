@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +168,37 @@ def test_copied_files_exist_and_are_not_dockerignored(parser):
                                   "social_enrich.egg-info/PKG-INFO", ".pytest_cache/v"])
 def test_dockerignore_keeps_local_state_and_tests_out(path):
     assert ignored(path, dockerignore_patterns())
+
+
+def build_context(parser: DockerfileParser, folder: Path) -> Path:
+    """The build stage's WORKDIR after its COPY instructions: what Docker would send (.dockerignore
+    applied) and copy there, in `folder`."""
+    patterns = dockerignore_patterns()
+    for sources, destination, source_stage in copies(stages(parser)[0]):
+        assert source_stage is None and not destination.startswith("/"), destination  # relative to WORKDIR
+        for source in sources:
+            files = [REPO / source] if (REPO / source).is_file() else sorted((REPO / source).rglob("*"))
+            for path in files:
+                relative = path.relative_to(REPO).as_posix()
+                if not path.is_file() or ignored(relative, patterns):
+                    continue
+                target = folder / destination / (path.name if destination.endswith("/") else path.relative_to(REPO / source))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    return folder
+
+
+def test_the_image_installs_no_azure_openai_emulator(parser, tmp_path: Path):
+    """The build stage's `pip install .`, run on the build context: the emulator (a test double) stays
+    out of the image; the local Lambda runner stays, as the local profile loads it."""
+    context = build_context(parser, tmp_path / "src")
+    site = tmp_path / "site-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--target", str(site), str(context)], check=True, timeout=300)
+    installed = [p.relative_to(site).as_posix() for p in (site / "social_enrich").rglob("*") if p.is_file()]
+    assert "social_enrich/definitions.py" in installed and "social_enrich/defs/sentiment/defs.yaml" in installed
+    assert "social_enrich/devtools/local_lambda_resource.py" in installed
+    assert [f for f in installed if "azure_openai_emulator" in f] == []
 
 
 def test_the_build_command_is_documented():

@@ -26,12 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "lambda"))
 from build_bundle import LAMBDA_UNZIPPED_LIMIT, build, folder_bytes  # noqa: E402
 
+# Lambda's context object, written out here: the bundle carries no social_enrich.devtools.
 CALL_HANDLER = """
-import json, sys
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from social_enrich.lambda_handler import handler
-from social_enrich.devtools.local_lambda import LocalContext
-answer = handler(json.loads(sys.argv[2]), LocalContext("bundle-test", 300))
+class Context:
+    function_name, aws_request_id, deadline = "bundle-test", "bundle-test-request", time.monotonic() + 300
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+answer = handler(json.loads(sys.argv[2]), Context())
 print(json.dumps({"answer": answer, "dagster": sorted(m for m in sys.modules if m.split(".")[0] == "dagster")}))
 """
 
@@ -70,6 +74,14 @@ def test_the_bundle_fits_lambda_and_holds_no_dagster(bundle: Path):
     assert (bundle / "social_enrich" / "lambda_handler.py").is_file()
     assert (bundle / "social_enrich" / "defs" / "sentiment" / "defs.yaml").is_file()  # the built-in job; the catalog is the environment's
     assert (bundle / "dagster_pipes").is_dir() and not (bundle / "dagster").exists()
+
+
+def test_the_bundle_carries_no_development_tools(bundle: Path):
+    """The Azure OpenAI emulator (a test double) and the local Lambda runner stay out of the function."""
+    files = [p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()]
+    assert "social_enrich/lambda_handler.py" in files
+    assert [f for f in files if f.startswith("social_enrich/devtools/")] == []
+    assert not [f for f in files if "azure_openai_emulator" in f]
 
 
 def test_the_bundle_alone_serves_a_request_on_glue_and_s3(bundle: Path, state_home: Path, moto_url: str, monkeypatch):  # noqa: F811

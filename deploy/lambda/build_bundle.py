@@ -4,10 +4,10 @@
 
 Installs deploy/lambda/requirements.txt for Lambda's platform (manylinux x86_64, CPython 3.11, wheels
 only) whatever this machine is, then removes what the function never loads (pyarrow's Flight, headers,
-Cython sources and tests; duplicate copies of shared libraries that wheels cannot store as symlinks;
-the API models of AWS services it never calls) and strips debug symbols from shared libraries when
-`strip` is installed. Lambda unzips a bundle to at most 250 MB: the build fails above that, saying by
-how much and which packages weigh most.
+Cython sources and tests; social_enrich/devtools; duplicate copies of shared libraries that wheels
+cannot store as symlinks; the API models of AWS services it never calls) and strips debug symbols
+from shared libraries when `strip` is installed. Lambda unzips a bundle to at most 250 MB: the build
+fails above that, saying by how much and which packages weigh most.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ UNUSED = [
     "pyarrow/libarrow_python*.so", "pyarrow/libarrow_python*.so.*.*.*",
     "zstandard/_cffi*.so",  # CPython loads the C backend
     "**/tests/**/*.py[co]", "bin",
+    # Development tools: the wheel already leaves out the Azure OpenAI emulator (pyproject.toml), and
+    # the local Lambda runner is the local profile's, never the function's. Removed here as well, so a
+    # stale build/lib from an older in-tree build cannot bring them back.
+    "social_enrich/devtools",
 ]
 
 
