@@ -289,11 +289,11 @@ def split_into_files(catalog, day: dt.date, parts: int) -> None:
             tx.append(rows.slice(start, size))
 
 
-MAINTENANCE_YAML = "\nmaintenance: {expire_snapshots_older_than_days: 0, retain_last_snapshots: 3, merge_manifests_when_over: 1}\nexecution:\n"
+MAINTENANCE_YAML = "\nmaintenance: {expire_snapshots_older_than_days: 0, retain_last_snapshots: 3, merge_manifests_when_over: 1}\nautomation:\n"
 
 
 def test_maintenance_job_runs_through_dagster_and_reports_what_it_did(catalog, seeded, instance, tmp_path):
-    defs = edited_sentiment_defs(tmp_path, {"\nexecution:\n": MAINTENANCE_YAML})
+    defs = edited_sentiment_defs(tmp_path, {"\nautomation:\n": MAINTENANCE_YAML})
     for day in [*seeded.days, seeded.days[0]]:
         assert materialize_day(instance, day.isoformat(), defs=defs).success
     split_into_files(catalog, seeded.days[1], parts=6)
@@ -333,13 +333,13 @@ def test_schedule_runs_the_job_on_the_configured_cron(tmp_path):
     assert schedule.job_name == "social_media_sentiment_maintenance"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
-    edited = edited_sentiment_defs(tmp_path, {"\nexecution:\n": "\nmaintenance: {enabled: false, cron: '30 2 * * 0'}\nexecution:\n"})
+    edited = edited_sentiment_defs(tmp_path, {"\nautomation:\n": "\nmaintenance: {enabled: false, cron: '30 2 * * 0'}\nautomation:\n"})
     schedule = edited.resolve_schedule_def("social_media_sentiment_maintenance_schedule")
     assert schedule.cron_schedule == "30 2 * * 0"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
 
 
 def test_a_bad_maintenance_setting_names_the_field(tmp_path):
-    path = edited_sentiment_yaml(tmp_path / "jobs", {"\nexecution:\n": "\nmaintenance: {cron: 'every night'}\nexecution:\n"})
+    path = edited_sentiment_yaml(tmp_path / "jobs", {"\nautomation:\n": "\nmaintenance: {cron: 'every night'}\nautomation:\n"})
     with pytest.raises(JobConfigError, match="maintenance.cron"):
         load_job_config(path)
