@@ -1,5 +1,6 @@
-"""The Batch API path end to end: a run submits, the poller sensor collects and materializes, against
-the emulator's Files and Batches endpoints on loopback, with a real catalog and Dagster instance."""
+"""The Batch API path end to end: a run submits, the poller sensor notices finished batches and requests
+collect runs, which write and materialize the days, against the emulator's Files and Batches endpoints
+on loopback, with a real catalog and Dagster instance."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from social_enrich.environment import batch_store_path, default_state_store, res
 from social_enrich.inference.azure_batch import request_files
 from social_enrich.state.sqlite import SQLiteState
 from social_enrich.lakehouse.partition_scan import read_partition
+from social_enrich.sensors.batch_sensor import COLLECT, TRIGGER_TAG
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, comparable, read_target
 from social_enrich_tests.gold_tables import append_rows, latest_touch_days
@@ -29,6 +31,7 @@ DAYS = ["2026-11-01", "2026-11-02"]
 ASSET = "social_media_sentiment"
 SENSOR = "sentiment_batch_poller"
 BATCH = {"ops": {ASSET: {"config": {"batch": True}}}}
+RUN_KEY_TAG = "dagster/run_key"
 
 
 @pytest.fixture
@@ -49,25 +52,38 @@ def defs_with(tmp_path: Path, **batch: str) -> dg.Definitions:
     return build_definitions([folder])
 
 
-def poll(defs: dg.Definitions, instance: dg.DagsterInstance, until_days: int, max_ticks: int = 40) -> list[dg.SensorResult]:
-    """Tick the poller (as the daemon would, each tick a fresh evaluation) until ``until_days`` days were written."""
-    sensor = defs.resolve_sensor_def(SENSOR)
-    results, written = [], 0
+def run_request(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest, raise_on_error: bool = True
+                ) -> dg.ExecuteInProcessResult | None:
+    """What the daemon does with a request: a run against the same instance, once per run key (None: one had it)."""
+    if instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key})):
+        return None
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        partition_key=request.partition_key, run_config=request.run_config, tags={**request.tags, RUN_KEY_TAG: request.run_key},
+        instance=instance, asset_selection=[dg.AssetKey(ASSET)], raise_on_error=raise_on_error,
+    )
+
+
+def poll(defs: dg.Definitions, instance: dg.DagsterInstance, until_days: int, max_ticks: int = 40) -> list[dg.ExecuteInProcessResult]:
+    """Tick the poller (as the daemon would, each tick a fresh evaluation) and run the collect runs it
+    requests, until ``until_days`` days were written."""
+    runs, written = [], 0
     for _ in range(max_ticks):
-        context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]})
-        result = sensor(context)
-        for event in result.asset_events:  # what the sensor daemon does with them
-            instance.report_runless_asset_event(event)
-        results.append(result)
-        written += len(result.asset_events)
+        for request in tick(defs, instance).run_requests:
+            if request.tags[TRIGGER_TAG] == COLLECT and (run := run_request(defs, instance, request)) is not None:
+                runs.append(run)
+                written += len(run.asset_materializations_for_node(ASSET))
         if written >= until_days:
-            return results
+            return runs
         time.sleep(0.1)
     raise AssertionError(f"only {written} of {until_days} days written after {max_ticks} ticks")
 
 
-def materialized_days(results: list[dg.SensorResult]) -> list[str]:
-    return sorted(event.partition for result in results for event in result.asset_events)
+def materializations(runs: list[dg.ExecuteInProcessResult]) -> list[dg.AssetMaterialization]:
+    return [event for run in runs for event in run.asset_materializations_for_node(ASSET)]
+
+
+def materialized_days(runs: list[dg.ExecuteInProcessResult]) -> list[str]:
+    return sorted(event.partition for event in materializations(runs))
 
 
 def realtime_target(tmp_path: Path, instance: dg.DagsterInstance, catalog, defs: dg.Definitions) -> list[dict]:
@@ -96,7 +112,7 @@ def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emula
     results = poll(defs, instance, until_days=2)
     assert materialized_days(results) == DAYS
     assert sorted(instance.get_materialized_partitions(dg.AssetKey(ASSET))) == DAYS
-    metadata = results[-1].asset_events[0].metadata
+    metadata = materializations(results)[-1].metadata
     assert metadata["served_by"].value == "azure_openai_batch"
     assert metadata["llm/batch_saving_usd"].value > 0
     assert metadata["llm/estimated_cost_usd"].value == pytest.approx(metadata["llm/realtime_cost_usd"].value / 2, rel=1e-3)
@@ -198,7 +214,10 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     sensor = defs.resolve_sensor_def(SENSOR)
     for _ in range(40):
         result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources={"model_provider": defs.resources["model_provider"]}))
-        if result.run_requests:
+        collects = [r for r in result.run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+        for collect in collects:  # the expired batch is collected in a run, which hands the day over
+            assert run_request(defs, instance, collect).asset_materializations_for_node(ASSET) == []
+        if result.run_requests and not collects:
             break
         time.sleep(0.1)
     (request,) = result.run_requests
