@@ -5,7 +5,11 @@ on loopback, with a real catalog and Dagster instance."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +27,7 @@ from social_enrich.inference.azure_batch import request_files
 from social_enrich.state.sqlite import SQLiteState
 from social_enrich.lakehouse.partition_scan import read_partition
 from social_enrich.sensors.batch_sensor import COLLECT, TRIGGER_TAG
+from social_enrich_tests.state_workers import CRASH_CODE
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, comparable, read_target
 from social_enrich_tests.gold_tables import append_rows, latest_touch_days
@@ -325,3 +330,115 @@ def test_the_poller_skips_in_one_line_while_azure_is_not_configured(emulator, se
     # Once the setting is back, the next ticks carry on.
     monkeypatch.setenv(unset, value)
     assert materialized_days(poll(defs, instance, until_days=1)) == DAYS[:1]
+
+
+def collect_requests(defs: dg.Definitions, instance: dg.DagsterInstance, max_ticks: int = 40) -> list[dg.RunRequest]:
+    """Tick until the poller requests collect runs (the batches finished); the requests of that tick."""
+    for _ in range(max_ticks):
+        requests = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+        if requests:
+            return requests
+        time.sleep(0.1)
+    raise AssertionError(f"no collect run requested after {max_ticks} ticks")
+
+
+def test_a_tick_writes_nothing_and_requests_one_collect_run_per_day_under_a_run_key(
+    emulator, seeded, catalog, instance, tmp_path, monkeypatch
+):
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[1], defs=defs, run_config={"ops": {ASSET: {"config": {"batch": False}}}})  # the target exists
+    snapshot = catalog.load_table("enriched.social_media_sentiment").current_snapshot().snapshot_id
+    for day in DAYS:  # the second day's answers are all in the cache already: it is complete at once
+        materialize_day(instance, day, defs=defs, run_config=BATCH)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a tick downloaded a batch's file")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(batch_enrichment.AzureBatchClient, "download", no_download)
+        for _ in range(40):  # until the first day's batch finished
+            requests = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+            if len(requests) == 2:
+                break
+            time.sleep(0.1)
+        again = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+
+    assert sorted(r.partition_key for r in requests) == DAYS
+    # A later tick before the runs asks under the same run keys: the daemon runs each once.
+    assert [r.run_key for r in again] == [r.run_key for r in requests] and len({r.run_key for r in requests}) == 2
+    for request in requests:
+        assert request.run_config == {"ops": {ASSET: {"config": {"collect": True}}}}
+        assert request.tags == {TRIGGER_TAG: COLLECT, "social_enrich/batch_day": request.partition_key}
+    assert catalog.load_table("enriched.social_media_sentiment").current_snapshot().snapshot_id == snapshot  # nothing written
+    with default_state_store().batch_store() as store:
+        assert len(store.open_batches("sentiment")) == 1  # finished, not collected
+        assert store.open_days("sentiment") == [dt.date.fromisoformat(d) for d in DAYS]
+
+    by_day = {r.partition_key: r for r in requests}
+    run = run_request(defs, instance, by_day[DAYS[0]])
+    assert run.success and materialized_days([run]) == DAYS[:1]
+    assert run.dagster_run.tags[TRIGGER_TAG] == COLLECT
+    messages = [e.message for e in instance.all_logs(run.run_id)]
+    assert any("partitions completed 1" in m for m in messages)  # the collect has a run log
+    (other,) = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+    assert other.run_key == by_day[DAYS[1]].run_key  # not run yet: still the same request
+    assert materialized_days([run_request(defs, instance, other)]) == DAYS[1:]
+    assert tick(defs, instance).run_requests == []
+    keys = read_target(catalog)["post_key"].to_pylist()
+    assert len(keys) == len(set(keys))
+
+
+def test_a_batch_collected_day_reports_every_figure_a_realtime_day_does(emulator, seeded, catalog, instance, tmp_path):
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    (batch,) = materializations(poll(defs, instance, until_days=1))
+    realtime = materialize_day(instance, DAYS[0], defs=defs, run_config={"ops": {ASSET: {"config": {"batch": False}}}})
+    (day,) = realtime.asset_materializations_for_node(ASSET)
+
+    assert set(day.metadata) <= set(batch.metadata)
+    assert set(batch.metadata) - set(day.metadata) == {"served_by", "llm/realtime_cost_usd", "llm/batch_saving_usd"}
+    figures = {k: v.value for k, v in batch.metadata.items()}
+    assert figures["posts_touched"] == figures["dagster/partition_row_count"] == figures["dagster/row_count"] > 0
+    assert figures["posts_touched"] == figures["posts_scored"] + figures["posts_failed"] + figures["posts_filtered"]
+    assert figures["posts_failed"] > 0 and figures["posts_from_cache"] == 0  # the posts with no text
+    assert figures["llm/requests"] > 0 and figures["llm/prompt_tokens"] > 0
+    assert any(k.startswith("rows_read/") and v > 0 for k, v in figures.items())
+    assert figures["labels"] == {k: v for k, v in day.metadata["labels"].value.items()}
+
+
+@pytest.mark.parametrize("crash_after", ["download", "settle"])
+def test_a_collect_run_killed_mid_collect_is_finished_by_the_next_one(emulator, seeded, catalog, tmp_path, crash_after):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    defs = defs_with(tmp_path)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+        (request,) = collect_requests(defs, instance)
+        params = {"jobs_dir": str(tmp_path / "jobs"), "day": request.partition_key, "run_config": request.run_config,
+                  "tags": request.tags, "asset": ASSET, "crash_after": crash_after}
+        worker = subprocess.run([sys.executable, "-m", "social_enrich_tests.state_workers", "collect_run", json.dumps(params)],
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "DAGSTER_HOME": str(home)})
+        assert worker.returncode == CRASH_CODE, worker.stderr[-3000:]
+        (crashed,) = instance.get_runs(filters=dg.RunsFilter(tags=request.tags))
+        assert crashed.status == dg.DagsterRunStatus.STARTED  # killed: nobody ended it
+        with default_state_store().batch_store() as store:
+            assert store.open_days("sentiment") == [dt.date.fromisoformat(DAYS[0])]
+            assert bool(store.open_batches("sentiment")) == (crash_after == "download")  # read again, or already stored
+        assert tick(defs, instance).run_requests == []  # while it counts as running, no second collect
+        instance.report_run_failed(crashed)  # what run monitoring does with a run whose worker is gone
+
+        (again,) = tick(defs, instance).run_requests
+        assert again.run_key != request.run_key
+        run = run_request(defs, instance, again)
+        assert materialized_days([run]) == DAYS[:1]
+        assert tick(defs, instance).run_requests == []
+        batch_rows = comparable(read_target(catalog))
+        keys = [row["post_key"] for row in batch_rows]
+        assert len(keys) == len(set(keys)) > 0
+        assert emulator.stats["batches_created"] == 1  # nothing paid twice
+
+        before = emulator.stats["requests"]
+        materialize_day(instance, DAYS[0], defs=defs, run_config={"ops": {ASSET: {"config": {"drop": True, "batch": False}}}})
+        assert comparable(read_target(catalog)) == batch_rows
+        assert emulator.stats["requests"] == before  # every answer was in the cache
