@@ -487,13 +487,13 @@ def score_partition(
             failures = [r.error if r is not None else None for r in chunk.results]  # the posts that cannot be sent
             found = known.find(rows[job.index_field].to_pylist(), chunk.hashes, failures) if known is not None else [None] * rows.num_rows
             reused = [n for n, at in enumerate(found) if at is not None]
-            if reused:  # unchanged posts keep their row: not scored, not looked up
+            if reused and known is not None:  # unchanged posts keep their row: not scored, not looked up
                 kept = set(reused)
                 chunk.positions = [position for position in chunk.positions if position not in kept]
                 for n in reused:
                     chunk.results[n] = None  # counted as unchanged, not as failed again
                 taken = pa.array(reused, pa.int64())
-                old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))  # type: ignore[union-attr]
+                old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))
                 report.unchanged_in_place += in_place
                 tables.append(old_rows)
                 statuses = old_rows["status"].to_pylist()
