@@ -207,17 +207,18 @@ def _materialize(
     started = time.perf_counter()
     days = context.partition_key_range
     first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
-    if config.collect:  # in this run, not Lambda: it reads the store and Azure's files
-        yield from _collect_batches(context, job, first, last, open_catalog(job.connector), model_provider, started)
-        return
-    batch = job.inference.batch.enabled if config.batch is None else config.batch
-    if job.execution.mode == "lambda" and not batch:
+    # A collect run (the batch poller requests it) submits nothing and runs here, not in Lambda: it reads the store.
+    batch = not config.collect and (job.inference.batch.enabled if config.batch is None else config.batch)
+    if job.execution.mode == "lambda" and not batch and not config.collect:
         yield from _run_in_lambda(context, job, config, aws_lambda)  # the function opens the catalog, not this run
         forget_written_days(job, days_between(first, last))
         return
     catalog = open_catalog(job.connector)
     if batch:
         _submit_batch(context, job, first, last, catalog, model_provider)
+        return
+    if config.collect:
+        yield from _collect_batches(context, job, first, last, catalog, model_provider, started)
         return
     provider = model_provider.build(job)
     context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
