@@ -46,6 +46,7 @@ from social_enrich.lakehouse.target_table import open_target, partition_row_coun
 
 INTENT_KEY, JOB_KEY = "social_enrich_intent", "social_enrich_job"  # the metadata a batch is created with
 SUBMIT_LOCK_WAIT_SECONDS = 60.0  # how long a submitter waits for another of the same job before leaving it to the poller
+COLLECT_LOCK_WAIT_SECONDS = 600.0  # how long a collect run waits for another of the same job (downloads, writes)
 CLOCK_SLACK_SECONDS = 600.0  # Azure's clock may differ from ours: an intent's batch is looked for this much earlier
 SERVED_BY = "azure_openai_batch"
 COMPLETE, UNSENT = "complete", "unsent"  # work of a day besides its finished batches (see BatchCheck.ready)
@@ -299,7 +300,11 @@ def collect_days(job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog
     now = now or dt.datetime.now(dt.timezone.utc)
     state = state or default_state_store()
     report = CollectReport()
-    with state.batch_store() as store:
+    with state.batch_store() as store, store.collecting(job.name, COLLECT_LOCK_WAIT_SECONDS) as ours:
+        if not ours:
+            log.warning("another run is collecting job '%s' (its collect lock stayed held for %.0f s); the poller "
+                        "requests this day again once that run is done", job.name, COLLECT_LOCK_WAIT_SECONDS)
+            return report
         cache = state.response_cache() if job.inference.cache else None
         try:
             requeued: list[QueuedPost] = []

@@ -19,7 +19,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -181,11 +181,18 @@ class BatchStore:
 
     # -- submitting: the lock, intents, batches ----------------------------------------------------
 
-    @contextmanager
-    def submitting(self, job: str, wait_seconds: float) -> Iterator[bool]:
+    def submitting(self, job: str, wait_seconds: float) -> AbstractContextManager[bool]:
         """Hold the job's submit lock for the block: True, or False when another process held it for
         all of ``wait_seconds``. Released when the block ends, or when this process ends however it ends."""
-        name = f"submit:{job}"
+        return self._holding(f"submit:{job}", wait_seconds)
+
+    def collecting(self, job: str, wait_seconds: float) -> AbstractContextManager[bool]:
+        """Hold the job's collect lock for the block (like :meth:`submitting`): one process at a time reads
+        the job's finished batches, so no batch is read twice at once."""
+        return self._holding(f"collect:{job}", wait_seconds)
+
+    @contextmanager
+    def _holding(self, name: str, wait_seconds: float) -> Iterator[bool]:
         deadline = time.monotonic() + wait_seconds
         while not self._db.try_lock(name):
             if time.monotonic() >= deadline:
@@ -285,11 +292,12 @@ class BatchStore:
             with self._db.write(f"batches:{job}"):
                 self._release(job, posts)
 
-    def _release(self, job: str, posts: Sequence[QueuedPost]) -> None:
+    def _release(self, job: str, posts: Sequence[QueuedPost], batch_id: str | None = None) -> None:
+        # With batch_id: only the posts still waiting for that batch (not any sent again since).
         self._db.execute_many(
             "UPDATE posts SET custom_id = NULL, batch_id = NULL, intent_id = NULL"
-            " WHERE job = ? AND day = ? AND post_key = ? AND status IS NULL",
-            [(job, p.day.isoformat(), json.dumps(p.key)) for p in posts],
+            " WHERE job = ? AND day = ? AND post_key = ? AND status IS NULL" + (" AND batch_id = ?" if batch_id else ""),
+            [(job, p.day.isoformat(), json.dumps(p.key), *((batch_id,) if batch_id else ())) for p in posts],
         )
 
     def collect(self, job: str, batch_id: str, answers: Sequence[tuple[QueuedPost, ScoreResult, Usage]],
@@ -300,7 +308,7 @@ class BatchStore:
             if answers:
                 self._settle(job, answers)
             if again:
-                self._release(job, again)
+                self._release(job, again, batch_id)
             self._db.execute("UPDATE batches SET closed_at = ?, note = ? WHERE batch_id = ?", (_now(), note, batch_id))
 
     def day_usage(self, job: str, day: dt.date) -> Usage:
