@@ -1,7 +1,7 @@
 """The durable record of Batch API work: days queued, their posts and answers, batches and requests.
 
-In the state store, like the response cache: the asset run that submits and the sensor that polls
-are different processes (and ticks, and on a deployment hosts), and nothing may be lost between
+In the state store, like the response cache: the asset runs that submit and collect, and the sensor
+that polls, are different processes (and ticks, and on a deployment hosts), and nothing may be lost between
 them. Every change is one transaction, so a crash leaves either the old or the new state.
 
 No batch is paid twice. Posts are claimed for a batch in one write transaction (:meth:`BatchStore.claim`)
