@@ -32,8 +32,8 @@ from pydantic import Field
 from pyiceberg.catalog import Catalog
 
 from social_enrich.config import JobConfig, TableRef
-from social_enrich.batch_enrichment import forget_written_days, submit_days
-from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
+from social_enrich.batch_enrichment import collect_days, forget_written_days, submit_days
+from social_enrich.enrichment import PER_DAY, PartitionFailedError, RunFigures, days_between, enrich_days, report_summary, run_figures
 from social_enrich.errors import SocialEnrichError
 from social_enrich.graceful_stop import stop_between_chunks
 from social_enrich.resources import AwsLambdaResource, IcebergCatalogResource, ModelProviderResource
@@ -48,7 +48,12 @@ class EnrichmentRunConfig(Config):
     batch: bool | None = Field(
         default=None,
         description="Send the work through the Azure OpenAI Batch API (true) or realtime (false); "
-        "empty: the job's inference.batch.enabled. Batch-served days are materialized by the batch poller sensor.",
+        "empty: the job's inference.batch.enabled. Batch-served days are materialized by the collect runs the batch poller requests.",
+    )
+    collect: bool = Field(
+        default=False,
+        description="Collect the job's finished Azure OpenAI batches and write the run's days whose answers are all in "
+        "(what the batch poller sensor requests).",
     )
 
 
@@ -104,12 +109,14 @@ def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary.items()}
 
 
-def day_materializations(job: JobConfig, report: EnrichmentReport, seconds: float, target_rows: int | None) -> Iterator[AssetMaterialization]:
+def day_materializations(context: AssetExecutionContext, job: JobConfig, figures: RunFigures) -> Iterator[AssetMaterialization]:
     """One materialization per day of the run, each with that day's own figures (a run of 30 days
-    reports 30 different sets, so per-partition plots and sums over partitions are right)."""
-    for day in days_between(report.first, report.last):
-        metadata = _metadata(day_summary(job, report, day, seconds, target_rows))
-        yield AssetMaterialization(asset_key=AssetKey(job.asset_name), partition=day.isoformat(), metadata=metadata)
+    reports 30 different sets, so per-partition plots and sums over partitions are right), after the
+    run's totals in the run log. Realtime and batch-collected days alike."""
+    if figures.days:
+        context.log.info(f"{figures.run['days']}: run totals {json.dumps(figures.run, default=str)}")
+    for day, summary in figures.days.items():
+        yield AssetMaterialization(asset_key=AssetKey(job.asset_name), partition=day.isoformat(), metadata=_metadata(summary))
 
 
 @contextmanager
@@ -131,8 +138,25 @@ def _submit_batch(
     context.log.info(
         f"{days_text(first, last)}: {report.posts} posts queued for the Batch API: {report.from_cache} from the cache, "
         f"{report.not_sendable} with nothing to send, {report.requests} requests in batches {report.batches}. "
-        f"Sensor {batch_sensor_name(job)} writes each day when its answers land."
+        f"Sensor {batch_sensor_name(job)} requests a run that writes each day when its answers land."
     )
+
+
+def _collect_batches(
+    context: AssetExecutionContext, job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog,
+    model_provider: ModelProviderResource, started: float,
+) -> Iterator[AssetMaterialization]:
+    """A run the batch poller requested: collect the finished batches, write the days whose answers are all in,
+    and materialize each with the figures a realtime run reports."""
+    provider = model_provider.build_for_batch(job)
+    report = collect_days(job, first, last, catalog, AzureBatchClient.for_provider(provider), context.log)
+    context.log.info(report.summary())
+    for day in report.days:
+        yield from day_materializations(context, job, run_figures(job, day, catalog, started))
+    waiting = [d.isoformat() for d in days_between(first, last) if d not in {r.first for r in report.days}]
+    if waiting:
+        context.log.info(f"{', '.join(waiting)}: not every answer is in yet; sensor {batch_sensor_name(job)} "
+                         "requests another collect run when they are")
 
 
 def _run_in_lambda(
@@ -173,14 +197,18 @@ def _materialize(
     started = time.perf_counter()
     days = context.partition_key_range
     first, last = dt.date.fromisoformat(days.start), dt.date.fromisoformat(days.end)
-    batch = job.inference.batch.enabled if config.batch is None else config.batch
-    if job.execution.mode == "lambda" and not batch:
+    # A collect run (the batch poller requests it) submits nothing and runs here, not in Lambda: it reads the store.
+    batch = not config.collect and (job.inference.batch.enabled if config.batch is None else config.batch)
+    if job.execution.mode == "lambda" and not batch and not config.collect:
         yield from _run_in_lambda(context, job, config, aws_lambda)  # the function opens the catalog, not this run
         forget_written_days(job, days_between(first, last))
         return
     catalog = catalog_resource.open()
     if batch:
         _submit_batch(context, job, first, last, catalog, model_provider)
+        return
+    if config.collect:
+        yield from _collect_batches(context, job, first, last, catalog, model_provider, started)
         return
     provider = model_provider.build(job)
     context.log.info(f"job '{job.name}': model {provider.model_id}, prompt {job.inference.prompt_version}")
@@ -189,10 +217,7 @@ def _materialize(
     if not report.complete:  # stopped between chunks: what was scored is written, the days are not done
         raise Failure(description=report.incomplete_message, allow_retries=False)
     forget_written_days(job, days_between(first, last))  # batch work queued for these days is obsolete
-    target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
-    seconds = time.perf_counter() - started
-    context.log.info(f"{report.days_text}: run totals {json.dumps(report_summary(job, report, seconds, target_rows), default=str)}")
-    yield from day_materializations(job, report, seconds, target_rows)
+    yield from day_materializations(context, job, run_figures(job, report, catalog, started))
 
 
 def daily_partitions(job: JobConfig) -> DailyPartitionsDefinition:
@@ -215,7 +240,7 @@ def build_enrichment_asset(job: JobConfig) -> AssetsDefinition:
         description=job.description or f"Enrichment job '{job.name}' into Iceberg table {job.connector.target.identifier}.",
         kinds={"iceberg", "python"},
         metadata={"job_config": str(job.path), "dagster/table_name": job.connector.target.identifier},
-        # A batch run only submits: its days are materialized later, by the batch poller sensor.
+        # A batch run only submits: its days are materialized later, by the collect runs the batch poller requests.
         output_required=False,
     )
     def _enrich(

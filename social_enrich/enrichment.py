@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
@@ -32,7 +32,9 @@ from social_enrich.inference.request_fields import request_rows
 from social_enrich.inference.token_budget import truncate_to_tokens
 from social_enrich.inference.usage import Usage
 from social_enrich.state.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
+from social_enrich.lakehouse.catalog import load_table
 from social_enrich.lakehouse.response_schema import arrow_columns
+from social_enrich.lakehouse.snapshots import current_snapshot_info
 from social_enrich.response_summary import Tally
 from social_enrich.unchanged_posts import TargetAnswers
 from social_enrich.lakehouse.partition_scan import (
@@ -104,6 +106,8 @@ class EnrichmentReport:
     posts_left: int = 0  # not scored: the run was asked to stop (a deadline, SIGTERM) before their chunk
     stopped: str | None = None  # why, when posts_left
     unchanged_in_place: int = 0  # unchanged posts whose row is already on their day, as of their latest touch
+    served_by: str | None = None  # "azure_openai_batch" for a day collected from the Batch API
+    price_share: float = 1.0  # of the realtime price: inference.batch.price_share for a batch-served day
 
     def day(self, day: dt.date) -> DayFigures:
         figures = self.days.get(day)
@@ -293,17 +297,72 @@ def prepare_chunk(job: JobConfig, posts: pa.Table, send: list[str]) -> Chunk:
     return chunk
 
 
+@dataclass
+class PostChunk:
+    """One slice of the posts read, prepared to send: the one chunk loop of the realtime and the batch paths."""
+
+    start: int
+    rows: pa.Table  # the posts' columns
+    days: pa.Array  # the day each post lives on
+    updated: pa.Array  # each post's source update time
+    chunk: Chunk
+
+    @property
+    def day_list(self) -> list[dt.date]:
+        return self.days.to_pylist()
+
+
+def post_chunks(
+    job: JobConfig, posts: PartitionPosts, send: list[str], report: EnrichmentReport, log: logging.Logger,
+    chunk_posts: int = CHUNK_POSTS, should_stop: Callable[[], str | None] | None = None,
+) -> Iterator[PostChunk]:
+    """The posts, ``chunk_posts`` at a time (one chunk is ever held as Python objects), each prepared
+    (:func:`prepare_chunk`) and its posts that cannot be sent counted in the report (logged once per
+    reason at the end). Before each chunk after the first, ``should_stop`` may give a reason to stop:
+    the posts left are counted in the report and no more chunks come."""
+    total = posts.posts.num_rows
+    for start in range(0, max(total, 1), chunk_posts):  # an empty day too: its (empty) rows
+        reason = should_stop() if should_stop is not None and start else None
+        if reason:
+            report.posts_left, report.stopped = total - start, reason
+            log.warning("stopping before post %d of %d: %s", start + 1, total, reason)
+            break
+        rows = posts.posts.slice(start, chunk_posts)
+        chunk = prepare_chunk(job, rows, send)
+        for problem, keys in chunk.not_sendable.items():
+            report.not_sendable[problem] += len(keys)
+            named = report.not_sendable_keys.setdefault(problem, [])
+            named.extend(keys[: NAMED_POSTS - len(named)])
+        yield PostChunk(start, rows, posts.partition_date.slice(start, chunk_posts), posts.source_update_time.slice(start, chunk_posts), chunk)
+    for problem, count in report.not_sendable.items():  # one line per reason, not one per post
+        named = report.not_sendable_keys[problem]
+        log.warning("%d posts not scored: %s (%s=%s%s)", count, problem, job.index_field,
+                    ", ".join(map(repr, named)), ", ..." if count > len(named) else "")
+
+
+def answer_key(job: JobConfig, cache_identity: str, input_hash: str) -> str:
+    """The response cache's key of a post's answer: the provider's ``cache_identity`` (realtime or batch alike),
+    the job's prompt version and response model, and the hash of what the post sends."""
+    return cache_key(cache_identity, job.inference.prompt_version, job.response_model, input_hash)
+
+
+def cached_answers(job: JobConfig, cache_identity: str, chunk: Chunk, cache: ResponseCache | None) -> tuple[list[str], dict[str, ScoreResult]]:
+    """The cache keys of the chunk's posts to score (``chunk.positions``), and the answers the cache has for them."""
+    keys = [answer_key(job, cache_identity, chunk.hashes[p]) for p in chunk.positions]
+    return keys, cache.get_many(list(dict.fromkeys(keys)), job.response_model) if cache is not None and keys else {}
+
+
 def score_chunk(
     job: JobConfig, provider: Provider, chunk: Chunk, cache: ResponseCache | None, progress: _ProgressLog, days: list[dt.date],
     report: EnrichmentReport,
-) -> list[ScoreResult]:
+) -> list[ScoreResult | None]:
     """Fill the chunk's results: from the cache where the same input was answered before, else from the
-    model, each distinct input once (posts with identical fields share one answer)."""
+    model, each distinct input once (posts with identical fields share one answer). None is left only
+    where the caller kept a post's row."""
     for result in chunk.results:
         if result is not None:
             progress(result)
-    keys = [cache_key(provider.cache_identity, job.inference.prompt_version, job.response_model, chunk.hashes[p]) for p in chunk.positions]
-    hits = cache.get_many(list(dict.fromkeys(keys)), job.response_model) if cache is not None else {}
+    keys, hits = cached_answers(job, provider.cache_identity, chunk, cache)
     sharing: dict[str, list[int]] = {}  # each input still to answer -> the positions (in chunk.positions) that sent it
     for n, key in enumerate(keys):
         position = chunk.positions[n]
@@ -335,29 +394,40 @@ def score_chunk(
     for position in chunk.positions:
         if chunk.results[position] is None:
             chunk.results[position] = ScoreResult.failed("no result")
-    return chunk.results  # type: ignore[return-value]  # None only where the caller kept a post's row
+    return chunk.results
 
 
-def result_rows(
-    job: JobConfig, days: pa.Array, model: str, keys: pa.Array, updated: pa.Array, hashes: list[str], truncated: list[bool],
-    results: list[ScoreResult],
-) -> pa.Table:
+@dataclass
+class ScoredPosts:
+    """Posts with their answers, as the target's rows are built from them (realtime or batch)."""
+
+    keys: pa.Array
+    days: pa.Array  # date32
+    updated: pa.Array  # timestamp, UTC
+    hashes: list[str]
+    truncated: list[bool]
+    results: list[ScoreResult]
+
+
+def result_rows(job: JobConfig, model: str, scored: ScoredPosts) -> pa.Table:
+    """The one row builder: the target rows of scored posts."""
+    results = scored.results
     # Typed columns (lists, structs, numbers as they are: response_schema.py); no answer is null.
     columns = arrow_columns(job.response_model, [r.response.model_dump(mode="json") if r.response is not None else None for r in results])
     n = len(results)
     written_at = dt.datetime.now(dt.timezone.utc)
     return pa.table(
         {
-            job.connector.target.index_field: keys,
+            job.connector.target.index_field: scored.keys,
             **columns,
             "model": [model] * n,
             "prompt_version": [job.inference.prompt_version] * n,
-            "input_hash": hashes,
+            "input_hash": scored.hashes,
             "status": [r.status for r in results],
             "error": [r.error for r in results],
-            "input_truncated": truncated,
-            "source_update_time": updated,
-            PARTITION_DATE: days,
+            "input_truncated": scored.truncated,
+            "source_update_time": scored.updated,
+            PARTITION_DATE: scored.days,
             job.connector.target.datetime_field: pa.array([written_at] * n, pa.timestamp("us", tz="UTC")),
         }
     )
@@ -388,7 +458,7 @@ def answers_in_target(
             response = None if row["status"] == "filtered" else job.response_model.model_validate(answer)
         except ValidationError:
             continue  # written by another version of the response model: score again
-        key = cache_key(cache_identity, job.inference.prompt_version, job.response_model, row["input_hash"])
+        key = answer_key(job, cache_identity, row["input_hash"])
         found.append((key, ScoreResult(row["status"], response, row["error"])))
     return found
 
@@ -405,39 +475,25 @@ def score_partition(
     chunk_posts: int = CHUNK_POSTS,
     known: TargetAnswers | None = None,
 ) -> pa.Table:
-    """Score the posts chunk by chunk, so only one chunk is ever held as Python objects; return the target rows.
-
-    Before each chunk after the first, ``should_stop`` may give a reason to stop: the posts left are
-    counted in the report, not scored, and the rows returned cover the chunks done."""
+    """Score the posts chunk by chunk (:func:`post_chunks`), so only one chunk is ever held as Python
+    objects; return the target rows. Stopped early (``should_stop``), the rows returned cover the chunks done."""
     total = posts.posts.num_rows
     summary = job.summary
     tables = []
     with _ProgressLog(log, total) as progress:
-        for start in range(0, max(total, 1), chunk_posts):
-            reason = should_stop() if should_stop is not None and start else None
-            if reason:
-                report.posts_left, report.stopped = total - start, reason
-                log.warning("stopping before post %d of %d: %s", start + 1, total, reason)
-                break
-            rows = posts.posts.slice(start, chunk_posts)
-            days = posts.partition_date.slice(start, chunk_posts)
-            day_list = days.to_pylist()
-            chunk = prepare_chunk(job, rows, send)
-            for problem, keys in chunk.not_sendable.items():
-                report.not_sendable[problem] += len(keys)
-                named = report.not_sendable_keys.setdefault(problem, [])
-                named.extend(keys[: NAMED_POSTS - len(named)])
-            updated = posts.source_update_time.slice(start, chunk_posts)
+        for part in post_chunks(job, posts, send, report, log, chunk_posts, should_stop):
+            rows, days, updated, chunk = part.rows, part.days, part.updated, part.chunk
+            day_list = part.day_list
             failures = [r.error if r is not None else None for r in chunk.results]  # the posts that cannot be sent
             found = known.find(rows[job.index_field].to_pylist(), chunk.hashes, failures) if known is not None else [None] * rows.num_rows
             reused = [n for n, at in enumerate(found) if at is not None]
-            if reused:  # unchanged posts keep their row: not scored, not looked up
+            if reused and known is not None:  # unchanged posts keep their row: not scored, not looked up
                 kept = set(reused)
                 chunk.positions = [position for position in chunk.positions if position not in kept]
                 for n in reused:
                     chunk.results[n] = None  # counted as unchanged, not as failed again
                 taken = pa.array(reused, pa.int64())
-                old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))  # type: ignore[union-attr]
+                old_rows, in_place = known.rows_for([found[n] for n in reused], days.take(taken), updated.take(taken))
                 report.unchanged_in_place += in_place
                 tables.append(old_rows)
                 statuses = old_rows["status"].to_pylist()
@@ -452,25 +508,28 @@ def score_partition(
                 progress(None, "unchanged", len(reused))
             results = score_chunk(job, provider, chunk, cache, progress, day_list, report)
             fresh = [n for n, at in enumerate(found) if at is None]
+            answered = []
             for n in fresh:
                 result, figures = results[n], report.day(day_list[n])
-                figures.statuses[result.status] += 1
-                figures.truncated += chunk.truncated[n]
-                if result.status == "ok" and result.response is not None:
-                    figures.summary.add_answer(summary, result.response)
+                assert result is not None  # only a kept post has no result
+                answered.append(result)
+                count_result(job, figures, result, chunk.truncated[n])
             if len(fresh) < rows.num_rows:
                 taken = pa.array(fresh, pa.int64())
                 rows, days, updated = rows.take(taken), days.take(taken), updated.take(taken)
-                chunk.hashes, chunk.truncated = [chunk.hashes[n] for n in fresh], [chunk.truncated[n] for n in fresh]
-                results = [results[n] for n in fresh]
-            tables.append(result_rows(job, days, provider.model_id, rows[job.index_field], updated, chunk.hashes, chunk.truncated, results))
-    for problem, count in report.not_sendable.items():  # one line per reason, not one per post
-        named = report.not_sendable_keys[problem]
-        log.warning("%d posts not scored: %s (%s=%s%s)", count, problem, job.index_field,
-                    ", ".join(map(repr, named)), ", ..." if count > len(named) else "")
+            scored = ScoredPosts(rows[job.index_field], days, updated, [chunk.hashes[n] for n in fresh], [chunk.truncated[n] for n in fresh], answered)
+            tables.append(result_rows(job, provider.model_id, scored))
     # A chunk whose column is all null (no errors, say) has it as type null, and rows kept from the
     # target have its types: promote, not fail.
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def count_result(job: JobConfig, figures: DayFigures, result: ScoreResult, truncated: bool) -> None:
+    """A post's answer in its day's figures: its status, the job's summary, whether its text was cut."""
+    figures.statuses[result.status] += 1
+    figures.truncated += truncated
+    if result.status == "ok" and result.response is not None:
+        figures.summary.add_answer(job.summary, result.response)
 
 
 def _write(
@@ -488,6 +547,24 @@ def _write(
     if report.write.kept_good:
         log.warning("%d posts failed this time but keep their earlier answer to the same input", report.write.kept_good)
     report.partition_rows = partition_row_counts(target, days)
+
+
+def new_report(first: dt.date, last: dt.date, model: str, posts: PartitionPosts) -> EnrichmentReport:
+    """The report of the days first..last as read: what the scan found, before any post is scored."""
+    report = EnrichmentReport(
+        first=first,
+        last=last,
+        model=model,
+        rows_read={s: st.touched_rows + st.version_rows for s, st in posts.sources.items()},
+        null_keys={s: st.null_keys for s, st in posts.sources.items()},
+        posts=posts.posts.num_rows,
+        versions_collapsed=sum(st.versions_collapsed for st in posts.sources.values()),
+        capped=posts.capped,
+        touched_later=posts.touched_later,
+    )
+    for day in days_between(first, last):
+        report.day(day)  # a day with no post still gets its (zero) figures
+    return report
 
 
 def enrich_days(
@@ -510,19 +587,7 @@ def enrich_days(
     started = time.perf_counter()
     posts, send = read_posts_to_send(catalog, job, first, last, log)
     scanned = time.perf_counter()
-    report = EnrichmentReport(
-        first=first,
-        last=last,
-        model=provider.model_id,
-        rows_read={s: st.touched_rows + st.version_rows for s, st in posts.sources.items()},
-        null_keys={s: st.null_keys for s, st in posts.sources.items()},
-        posts=posts.posts.num_rows,
-        versions_collapsed=sum(st.versions_collapsed for st in posts.sources.values()),
-        capped=posts.capped,
-        touched_later=posts.touched_later,
-    )
-    for day in days_between(first, last):
-        report.day(day)  # a day with no post still gets its (zero) figures
+    report = new_report(first, last, provider.model_id, posts)
     log.info("%s: %d posts live on %s", job.name, report.posts, report.days_text)
     usage_before = replace(provider.usage)
     cache = None
@@ -572,7 +637,9 @@ def enrich_partition(
     return enrich_days(job, day, day, catalog, provider, drop=drop, log=log)
 
 
-def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any]:
+def _figures(job: JobConfig, report: EnrichmentReport, figures: DayFigures, usage: Usage) -> dict[str, Any]:
+    realtime = usage.cost_usd(job.inference.price_per_million_tokens)
+    cost = realtime * report.price_share
     return {
         "posts_scored": figures.statuses["ok"],
         "posts_failed": figures.statuses["failed"],
@@ -584,7 +651,10 @@ def _figures(job: JobConfig, figures: DayFigures, usage: Usage) -> dict[str, Any
         # The job's summary (response_summary.py): sentiment's labels, labels/<label>, label_share/<label>, mean/score.
         **figures.summary.metadata(job.summary),
         **{f"llm/{name}": value for name, value in asdict(usage).items()},
-        "llm/estimated_cost_usd": round(usage.cost_usd(job.inference.price_per_million_tokens), 6),
+        "llm/estimated_cost_usd": round(cost, 6),
+        # A day served by the Batch API: who served it, and what realtime would have cost.
+        **({"served_by": report.served_by, "llm/realtime_cost_usd": round(realtime, 6), "llm/batch_saving_usd": round(realtime - cost, 6)}
+           if report.served_by else {}),
     }
 
 
@@ -599,7 +669,8 @@ def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, tar
         "prompt_version": job.inference.prompt_version,
         "days": report.days_text,
         "posts_touched": report.posts,
-        **_figures(job, report.totals, report.usage),
+        **_figures(job, report, report.totals, report.usage),
+        **({"target_snapshot_id": str(write.snapshot_id)} if write else {}),
         "posts_skipped": report.capped + sum(report.null_keys.values()),
         "posts_left": report.posts_left,
         "posts_on_later_days": report.touched_later,
@@ -631,8 +702,25 @@ def day_summary(job: JobConfig, report: EnrichmentReport, day: dt.date, seconds:
         "dagster/partition_row_count": rows,
         **({"table_row_count": target_rows} if target_rows is not None else {}),
         "posts_touched": figures.posts,
-        **_figures(job, figures, report.usage_share(day)),
+        **_figures(job, report, figures, report.usage_share(day)),
     }
+
+
+@dataclass
+class RunFigures:
+    """What a finished run reports: its totals (the run log, the Lambda's answer) and each day's own figures
+    (one materialization per day). Built once, by :func:`run_figures`, whichever path enriched the days."""
+
+    run: dict[str, Any]
+    days: dict[dt.date, dict[str, Any]]
+
+
+def run_figures(job: JobConfig, report: EnrichmentReport, catalog: Catalog, started: float) -> RunFigures:
+    """The run's and each day's figures, after the write (``started``: the run's ``time.perf_counter()``)."""
+    target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
+    seconds = time.perf_counter() - started
+    days = {day: day_summary(job, report, day, seconds, target_rows) for day in days_between(report.first, report.last)}
+    return RunFigures(report_summary(job, report, seconds, target_rows), days)
 
 
 def days_between(first: dt.date, last: dt.date) -> list[dt.date]:

@@ -46,15 +46,14 @@ from dagster_pipes import (
 )
 
 from social_enrich.config import JobConfig, JobConfigError, discover_job_configs
-from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, day_summary, days_between, enrich_days, report_summary
+from social_enrich.enrichment import PER_DAY, EnrichmentReport, PartitionFailedError, enrich_days, run_figures
 from social_enrich.environment import EnvironmentConfigError
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, EndpointRejectedError
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.local_sentiment import LocalModelMissingError
 from social_enrich.inference.selection import ProviderConfigError, environment_provider
-from social_enrich.lakehouse.catalog import CatalogUnavailableError, environment_catalog, load_table
+from social_enrich.lakehouse.catalog import CatalogUnavailableError, environment_catalog
 from social_enrich.lakehouse.partition_scan import SourceSchemaError
-from social_enrich.lakehouse.snapshots import current_snapshot_info
 from social_enrich.lakehouse.target_table import TargetSchemaError
 
 RESERVE_SECONDS = 30.0  # kept back from the Lambda timeout to write what is done and answer
@@ -140,14 +139,11 @@ def run_job(job: JobConfig, first: dt.date, last: dt.date, drop: bool, budget: B
             job, first, last, catalog, provider, drop=drop, log=log, should_stop=budget.should_stop,
             chunk_posts=job.execution.aws_lambda.chunk_posts,
         )
-    target_rows = current_snapshot_info(load_table(catalog, job.connector.target.identifier)).total_records
-    seconds = time.perf_counter() - started
-    summary = report_summary(job, report, seconds, target_rows)
+    figures = run_figures(job, report, catalog, started)  # the figures the asset reports on every path
     if first == last:  # the run's figures, and what only a day has (labels/<label>, dagster/row_count)
-        return report, {**day_summary(job, report, first, seconds, target_rows), **summary}
+        return report, {**figures.days[first], **figures.run}
     # Each day's own figures too, for the asset to record one materialization per day (Pipes reports one).
-    per_day = {day.isoformat(): day_summary(job, report, day, seconds, target_rows) for day in days_between(first, last)}
-    return report, {**summary, PER_DAY: per_day}
+    return report, {**figures.run, PER_DAY: {day.isoformat(): summary for day, summary in figures.days.items()}}
 
 
 # Dagster Pipes

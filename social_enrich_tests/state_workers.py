@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from social_enrich.environment import default_state_store
@@ -69,13 +70,37 @@ def send_unsent(params: dict[str, Any]) -> dict[str, Any]:
     return {"batches": batch_ids, "requests": requests}
 
 
+def collect_run(params: dict[str, Any]) -> dict[str, Any]:
+    """A collect run the batch poller requested (``run_config``, ``tags``, ``day``), in process against the
+    Dagster instance of $DAGSTER_HOME, with the jobs of ``jobs_dir``. ``crash_after``: ``download`` ends the
+    process once the finished batches are downloaded and read, before their answers are stored;
+    ``settle`` once they are stored, before the day's write commits."""
+    import dagster as dg
+
+    from social_enrich import batch_enrichment
+    from social_enrich.definitions import build_definitions
+    from social_enrich.state.batch_store import BatchStore
+
+    if params.get("crash_after") == "download":
+        BatchStore.collect = lambda *a, **k: os._exit(CRASH_CODE)  # type: ignore[method-assign]
+    if params.get("crash_after") == "settle":
+        batch_enrichment.write_days = lambda *a, **k: os._exit(CRASH_CODE)  # type: ignore[assignment]
+    defs = build_definitions([Path(params["jobs_dir"])])
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            partition_key=params["day"], run_config=params["run_config"], tags=params["tags"], instance=instance,
+            asset_selection=[dg.AssetKey(params["asset"])],
+        )
+    return {"days": sorted(m.partition for m in result.asset_materializations_for_node(params["asset"]))}
+
+
 def _wait_until(start_at: float | None) -> None:
     # Both workers start their work at the same moment (after their slow imports), so they really overlap.
     if start_at is not None:
         time.sleep(max(0.0, min(start_at - time.time(), 30.0)))
 
 
-WORKERS = {"put_answers": put_answers, "claim_posts": claim_posts, "send_unsent": send_unsent}
+WORKERS = {"put_answers": put_answers, "claim_posts": claim_posts, "send_unsent": send_unsent, "collect_run": collect_run}
 
 if __name__ == "__main__":
     print(json.dumps(WORKERS[sys.argv[1]](json.loads(sys.argv[2]))), flush=True)

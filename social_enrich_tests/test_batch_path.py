@@ -1,10 +1,15 @@
-"""The Batch API path end to end: a run submits, the poller sensor collects and materializes, against
-the emulator's Files and Batches endpoints on loopback, with a real catalog and Dagster instance."""
+"""The Batch API path end to end: a run submits, the poller sensor notices finished batches and requests
+collect runs, which write and materialize the days, against the emulator's Files and Batches endpoints
+on loopback, with a real catalog and Dagster instance."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +26,8 @@ from social_enrich.environment import batch_store_path, default_state_store, res
 from social_enrich.inference.azure_batch import request_files
 from social_enrich.state.sqlite import SQLiteState
 from social_enrich.lakehouse.partition_scan import read_partition
+from social_enrich.sensors.batch_sensor import COLLECT, TRIGGER_TAG
+from social_enrich_tests.state_workers import CRASH_CODE
 from social_enrich_tests.dagster_helpers import edited_sentiment_yaml, materialize_day
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, comparable, read_target
 from social_enrich_tests.gold_tables import append_rows, latest_touch_days
@@ -29,6 +36,7 @@ DAYS = ["2026-11-01", "2026-11-02"]
 ASSET = "social_media_sentiment"
 SENSOR = "sentiment_batch_poller"
 BATCH = {"ops": {ASSET: {"config": {"batch": True}}}}
+RUN_KEY_TAG = "dagster/run_key"
 
 
 @pytest.fixture
@@ -49,25 +57,38 @@ def defs_with(tmp_path: Path, **batch: str) -> dg.Definitions:
     return build_definitions([folder])
 
 
-def poll(defs: dg.Definitions, instance: dg.DagsterInstance, until_days: int, max_ticks: int = 40) -> list[dg.SensorResult]:
-    """Tick the poller (as the daemon would, each tick a fresh evaluation) until ``until_days`` days were written."""
-    sensor = defs.resolve_sensor_def(SENSOR)
-    results, written = [], 0
+def run_request(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest, raise_on_error: bool = True
+                ) -> dg.ExecuteInProcessResult | None:
+    """What the daemon does with a request: a run against the same instance, once per run key (None: one had it)."""
+    if instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key})):
+        return None
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        partition_key=request.partition_key, run_config=request.run_config, tags={**request.tags, RUN_KEY_TAG: request.run_key},
+        instance=instance, asset_selection=[dg.AssetKey(ASSET)], raise_on_error=raise_on_error,
+    )
+
+
+def poll(defs: dg.Definitions, instance: dg.DagsterInstance, until_days: int, max_ticks: int = 40) -> list[dg.ExecuteInProcessResult]:
+    """Tick the poller (as the daemon would, each tick a fresh evaluation) and run the collect runs it
+    requests, until ``until_days`` days were written."""
+    runs, written = [], 0
     for _ in range(max_ticks):
-        context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
-        result = sensor(context)
-        for event in result.asset_events:  # what the sensor daemon does with them
-            instance.report_runless_asset_event(event)
-        results.append(result)
-        written += len(result.asset_events)
+        for request in tick(defs, instance).run_requests:
+            if request.tags[TRIGGER_TAG] == COLLECT and (run := run_request(defs, instance, request)) is not None:
+                runs.append(run)
+                written += len(run.asset_materializations_for_node(ASSET))
         if written >= until_days:
-            return results
+            return runs
         time.sleep(0.1)
     raise AssertionError(f"only {written} of {until_days} days written after {max_ticks} ticks")
 
 
-def materialized_days(results: list[dg.SensorResult]) -> list[str]:
-    return sorted(event.partition for result in results for event in result.asset_events)
+def materializations(runs: list[dg.ExecuteInProcessResult]) -> list[dg.AssetMaterialization]:
+    return [event for run in runs for event in run.asset_materializations_for_node(ASSET)]
+
+
+def materialized_days(runs: list[dg.ExecuteInProcessResult]) -> list[str]:
+    return sorted(event.partition for event in materializations(runs))
 
 
 def realtime_target(tmp_path: Path, instance: dg.DagsterInstance, catalog, defs: dg.Definitions) -> list[dict]:
@@ -96,7 +117,7 @@ def test_batch_run_submits_and_the_poller_writes_the_same_rows_as_realtime(emula
     results = poll(defs, instance, until_days=2)
     assert materialized_days(results) == DAYS
     assert sorted(instance.get_materialized_partitions(dg.AssetKey(ASSET))) == DAYS
-    metadata = results[-1].asset_events[0].metadata
+    metadata = materializations(results)[-1].metadata
     assert metadata["served_by"].value == "azure_openai_batch"
     assert metadata["llm/batch_saving_usd"].value > 0
     assert metadata["llm/estimated_cost_usd"].value == pytest.approx(metadata["llm/realtime_cost_usd"].value / 2, rel=1e-3)
@@ -198,7 +219,10 @@ def test_on_expired_realtime_hands_the_day_to_a_realtime_run(emulator, seeded, c
     sensor = defs.resolve_sensor_def(SENSOR)
     for _ in range(40):
         result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
-        if result.run_requests:
+        collects = [r for r in result.run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+        for collect in collects:  # the expired batch is collected in a run, which hands the day over
+            assert run_request(defs, instance, collect).asset_materializations_for_node(ASSET) == []
+        if result.run_requests and not collects:
             break
         time.sleep(0.1)
     (request,) = result.run_requests
@@ -306,3 +330,115 @@ def test_the_poller_skips_in_one_line_while_azure_is_not_configured(emulator, se
     # Once the setting is back, the next ticks carry on.
     monkeypatch.setenv(unset, value)
     assert materialized_days(poll(defs, instance, until_days=1)) == DAYS[:1]
+
+
+def collect_requests(defs: dg.Definitions, instance: dg.DagsterInstance, max_ticks: int = 40) -> list[dg.RunRequest]:
+    """Tick until the poller requests collect runs (the batches finished); the requests of that tick."""
+    for _ in range(max_ticks):
+        requests = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+        if requests:
+            return requests
+        time.sleep(0.1)
+    raise AssertionError(f"no collect run requested after {max_ticks} ticks")
+
+
+def test_a_tick_writes_nothing_and_requests_one_collect_run_per_day_under_a_run_key(
+    emulator, seeded, catalog, instance, tmp_path, monkeypatch
+):
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[1], defs=defs, run_config={"ops": {ASSET: {"config": {"batch": False}}}})  # the target exists
+    snapshot = catalog.load_table("enriched.social_media_sentiment").current_snapshot().snapshot_id
+    for day in DAYS:  # the second day's answers are all in the cache already: it is complete at once
+        materialize_day(instance, day, defs=defs, run_config=BATCH)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a tick downloaded a batch's file")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(batch_enrichment.AzureBatchClient, "download", no_download)
+        for _ in range(40):  # until the first day's batch finished
+            requests = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+            if len(requests) == 2:
+                break
+            time.sleep(0.1)
+        again = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+
+    assert sorted(r.partition_key for r in requests) == DAYS
+    # A later tick before the runs asks under the same run keys: the daemon runs each once.
+    assert [r.run_key for r in again] == [r.run_key for r in requests] and len({r.run_key for r in requests}) == 2
+    for request in requests:
+        assert request.run_config == {"ops": {ASSET: {"config": {"collect": True}}}}
+        assert request.tags == {TRIGGER_TAG: COLLECT, "social_enrich/batch_day": request.partition_key}
+    assert catalog.load_table("enriched.social_media_sentiment").current_snapshot().snapshot_id == snapshot  # nothing written
+    with default_state_store().batch_store() as store:
+        assert len(store.open_batches("sentiment")) == 1  # finished, not collected
+        assert store.open_days("sentiment") == [dt.date.fromisoformat(d) for d in DAYS]
+
+    by_day = {r.partition_key: r for r in requests}
+    run = run_request(defs, instance, by_day[DAYS[0]])
+    assert run.success and materialized_days([run]) == DAYS[:1]
+    assert run.dagster_run.tags[TRIGGER_TAG] == COLLECT
+    messages = [e.message for e in instance.all_logs(run.run_id)]
+    assert any("partitions completed 1" in m for m in messages)  # the collect has a run log
+    (other,) = [r for r in tick(defs, instance).run_requests if r.tags[TRIGGER_TAG] == COLLECT]
+    assert other.run_key == by_day[DAYS[1]].run_key  # not run yet: still the same request
+    assert materialized_days([run_request(defs, instance, other)]) == DAYS[1:]
+    assert tick(defs, instance).run_requests == []
+    keys = read_target(catalog)["post_key"].to_pylist()
+    assert len(keys) == len(set(keys))
+
+
+def test_a_batch_collected_day_reports_every_figure_a_realtime_day_does(emulator, seeded, catalog, instance, tmp_path):
+    defs = defs_with(tmp_path)
+    materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+    (batch,) = materializations(poll(defs, instance, until_days=1))
+    realtime = materialize_day(instance, DAYS[0], defs=defs, run_config={"ops": {ASSET: {"config": {"batch": False}}}})
+    (day,) = realtime.asset_materializations_for_node(ASSET)
+
+    assert set(day.metadata) <= set(batch.metadata)
+    assert set(batch.metadata) - set(day.metadata) == {"served_by", "llm/realtime_cost_usd", "llm/batch_saving_usd"}
+    figures = {k: v.value for k, v in batch.metadata.items()}
+    assert figures["posts_touched"] == figures["dagster/partition_row_count"] == figures["dagster/row_count"] > 0
+    assert figures["posts_touched"] == figures["posts_scored"] + figures["posts_failed"] + figures["posts_filtered"]
+    assert figures["posts_failed"] > 0 and figures["posts_from_cache"] == 0  # the posts with no text
+    assert figures["llm/requests"] > 0 and figures["llm/prompt_tokens"] > 0
+    assert any(k.startswith("rows_read/") and v > 0 for k, v in figures.items())
+    assert figures["labels"] == {k: v for k, v in day.metadata["labels"].value.items()}
+
+
+@pytest.mark.parametrize("crash_after", ["download", "settle"])
+def test_a_collect_run_killed_mid_collect_is_finished_by_the_next_one(emulator, seeded, catalog, tmp_path, crash_after):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    defs = defs_with(tmp_path)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        materialize_day(instance, DAYS[0], defs=defs, run_config=BATCH)
+        (request,) = collect_requests(defs, instance)
+        params = {"jobs_dir": str(tmp_path / "jobs"), "day": request.partition_key, "run_config": request.run_config,
+                  "tags": request.tags, "asset": ASSET, "crash_after": crash_after}
+        worker = subprocess.run([sys.executable, "-m", "social_enrich_tests.state_workers", "collect_run", json.dumps(params)],
+                                capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "DAGSTER_HOME": str(home)})
+        assert worker.returncode == CRASH_CODE, worker.stderr[-3000:]
+        (crashed,) = instance.get_runs(filters=dg.RunsFilter(tags=request.tags))
+        assert crashed.status == dg.DagsterRunStatus.STARTED  # killed: nobody ended it
+        with default_state_store().batch_store() as store:
+            assert store.open_days("sentiment") == [dt.date.fromisoformat(DAYS[0])]
+            assert bool(store.open_batches("sentiment")) == (crash_after == "download")  # read again, or already stored
+        assert tick(defs, instance).run_requests == []  # while it counts as running, no second collect
+        instance.report_run_failed(crashed)  # what run monitoring does with a run whose worker is gone
+
+        (again,) = tick(defs, instance).run_requests
+        assert again.run_key != request.run_key
+        run = run_request(defs, instance, again)
+        assert materialized_days([run]) == DAYS[:1]
+        assert tick(defs, instance).run_requests == []
+        batch_rows = comparable(read_target(catalog))
+        keys = [row["post_key"] for row in batch_rows]
+        assert len(keys) == len(set(keys)) > 0
+        assert emulator.stats["batches_created"] == 1  # nothing paid twice
+
+        before = emulator.stats["requests"]
+        materialize_day(instance, DAYS[0], defs=defs, run_config={"ops": {ASSET: {"config": {"drop": True, "batch": False}}}})
+        assert comparable(read_target(catalog)) == batch_rows
+        assert emulator.stats["requests"] == before  # every answer was in the cache

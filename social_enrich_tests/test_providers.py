@@ -13,7 +13,7 @@ import pytest
 from social_enrich.config import JobConfigError, load_job_config
 from social_enrich.definitions import build_definitions
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
-from social_enrich.environment import BUILTIN_JOBS_DIR, EnvironmentConfigError
+from social_enrich.environment import EnvironmentConfigError
 from social_enrich.inference.selection import ProviderConfigError
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich_tests.dagster_helpers import drop_config, edited_sentiment_defs, materialization_metadata, materialize_day, sentiment_job_text

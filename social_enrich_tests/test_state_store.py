@@ -266,6 +266,24 @@ def test_a_submitter_that_cannot_get_the_lock_leaves_the_posts_to_the_poller(sta
             assert held
 
 
+
+def test_one_collector_at_a_time_and_a_late_collect_never_unclaims_posts_sent_again(state: StateStore):
+    with state.batch_store() as first, state.batch_store() as second:
+        first.queue_days(JOB, [DAY], queued(2))
+        ((intent, _),) = first.claim(JOB, lambda waiting: [(None, {"req-1": waiting})])
+        first.record_batch(JOB, intent.intent_id, "batch-1", "completed", "file-1")
+        with first.collecting(JOB, wait_seconds=0) as held, second.collecting(JOB, wait_seconds=0.2) as also:
+            assert held and not also  # the second waits, then leaves the batch to the holder
+        posts = first.batch_requests(JOB, "batch-1")["req-1"]
+        first.collect(JOB, "batch-1", [], posts, "completed: 0 answered, 2 asked again")
+        ((again, _),) = first.claim(JOB, lambda waiting: [(None, {"req-2": waiting})])
+        first.record_batch(JOB, again.intent_id, "batch-2", "validating", "file-2")
+        # A collect of batch-1 that read it before (and stores late) must not take the posts out of batch-2.
+        second.collect(JOB, "batch-1", [], posts, "completed: 0 answered, 2 asked again")
+        assert [p.key for p in first.batch_requests(JOB, "batch-2")["req-2"]] == [1000, 1001]
+        assert first.unsent(JOB) == [] and [b.batch_id for b in first.open_batches(JOB)] == ["batch-2"]
+        assert first.batch_days(JOB, "batch-2") == [DAY] and first.unsent_days(JOB) == []
+
 # -- choosing the backend, and secrets ----------------------------------------------------------
 
 

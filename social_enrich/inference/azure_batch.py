@@ -18,8 +18,8 @@ import openai
 from pydantic import BaseModel
 
 from social_enrich.config import InferenceConfig
-from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_ANSWER, FILTERED_PROMPT, AzureOpenAIProvider
-from social_enrich.inference.packing import UnreadableAnswer, build_messages, match_answer, response_format
+from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_PROMPT, AzureOpenAIProvider, read_completion
+from social_enrich.inference.packing import build_messages, response_format
 from social_enrich.inference.provider import PostToScore, ScoreResult
 from social_enrich.inference.usage import Usage
 
@@ -94,23 +94,17 @@ def read_output_line(line: dict[str, Any], sizes: dict[str, int], response_model
         message = (error or body.get("error") or {}).get("message", "")
         into.errors[custom_id] = f"{code or 'HTTP ' + str(status)}: {message}"[:500]
         return
-    usage = body.get("usage") or {}
-    into.usage.prompt_tokens += usage.get("prompt_tokens", 0)
-    into.usage.completion_tokens += usage.get("completion_tokens", 0)
-    into.usage.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    answer = read_completion(body, sizes[custom_id], response_model)
+    into.usage += answer.usage
     into.usage.requests += 1
-    choice = (body.get("choices") or [{}])[0]
-    if choice.get("finish_reason") == "content_filter":
-        into.answered[custom_id] = [ScoreResult("filtered", None, FILTERED_ANSWER)] * sizes[custom_id]
-        return
-    try:
-        matched = match_answer((choice.get("message") or {}).get("content"), sizes[custom_id], response_model)
-    except UnreadableAnswer as e:
-        into.errors[custom_id] = str(e)
-        return
-    into.answered[custom_id] = [
-        ScoreResult("ok", matched.answers[n]) if n in matched.answers else None for n in range(sizes[custom_id])
-    ]
+    if answer.kind == "filtered":
+        into.answered[custom_id] = [ScoreResult("filtered", None, answer.reason)] * sizes[custom_id]
+    elif answer.kind != "answered":  # refused or unreadable: its posts are asked again
+        into.errors[custom_id] = answer.reason or answer.kind
+    else:
+        into.answered[custom_id] = [
+            ScoreResult("ok", answer.matched.answers[n]) if n in answer.matched.answers else None for n in range(sizes[custom_id])
+        ]
 
 
 def parse_jsonl(content: bytes) -> Iterator[dict[str, Any]]:

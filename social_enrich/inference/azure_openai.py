@@ -401,27 +401,55 @@ class _PackRun:
             completion = raw.parse()
         except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose body is not a chat completion
             raise _Transient(f"unreadable response body: {type(e).__name__}") from None
-        return self._read(completion, len(posts))
+        return self._read(completion.model_dump(), len(posts))
 
-    def _read(self, completion: Any, size: int) -> _Outcome:
-        usage = self.p.usage
-        if completion.usage is not None:
-            usage.prompt_tokens += completion.usage.prompt_tokens
-            usage.completion_tokens += completion.usage.completion_tokens
-            details = completion.usage.prompt_tokens_details
-            usage.cached_tokens += (details.cached_tokens or 0) if details else 0
-        choice = completion.choices[0]
-        if choice.finish_reason == "content_filter":
-            return _Outcome("filtered", FILTERED_ANSWER)
-        if choice.message.refusal:
-            return _Outcome("unreadable" if size > 1 else "failed", f"the model refused: {choice.message.refusal}")
-        try:
-            matched = match_answer(choice.message.content, size, self.p.response_model)
-        except UnreadableAnswer as e:
-            reason = "the answer was cut off at max_tokens" if choice.finish_reason == "length" else str(e)
+    def _read(self, completion: dict[str, Any], size: int) -> _Outcome:
+        answer = read_completion(completion, size, self.p.response_model)
+        usage = self.p.usage  # in place: the provider's usage is read while its requests run
+        usage.prompt_tokens += answer.usage.prompt_tokens
+        usage.completion_tokens += answer.usage.completion_tokens
+        usage.cached_tokens += answer.usage.cached_tokens
+        if answer.kind == "filtered":
+            return _Outcome("filtered", answer.reason)
+        if answer.kind == "refused":
+            return _Outcome("unreadable" if size > 1 else "failed", answer.reason)
+        if answer.kind == "unreadable":
             if size == 1:
-                raise _Transient(reason) from None
-            return _Outcome("unreadable", reason)
-        if size == 1 and matched.problems:
-            raise _Transient(matched.problems[0])
-        return _Outcome("answered", matched=matched)
+                raise _Transient(answer.reason or "unreadable answer")
+            return _Outcome("unreadable", answer.reason)
+        if size == 1 and answer.matched.problems:
+            raise _Transient(answer.matched.problems[0])
+        return _Outcome("answered", matched=answer.matched)
+
+
+@dataclass
+class CompletionAnswer:
+    """What one chat completion says for a pack of posts: its tokens, and its answers or why it has none."""
+
+    kind: str  # answered | filtered | refused | unreadable
+    usage: Usage
+    reason: str | None = None
+    matched: MatchedAnswer = field(default_factory=MatchedAnswer)
+
+
+def read_completion(body: dict[str, Any], size: int, response_model: type[BaseModel]) -> CompletionAnswer:
+    """The one reader of a chat completion (a JSON body, as the API sends it), for realtime answers
+    and for the lines of a batch's output file alike."""
+    tokens = body.get("usage") or {}
+    usage = Usage(
+        prompt_tokens=tokens.get("prompt_tokens") or 0,
+        completion_tokens=tokens.get("completion_tokens") or 0,
+        cached_tokens=(tokens.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+    )
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    if choice.get("finish_reason") == "content_filter":
+        return CompletionAnswer("filtered", usage, FILTERED_ANSWER)
+    if message.get("refusal"):
+        return CompletionAnswer("refused", usage, f"the model refused: {message['refusal']}")
+    try:
+        matched = match_answer(message.get("content"), size, response_model)
+    except UnreadableAnswer as e:
+        reason = "the answer was cut off at max_tokens" if choice.get("finish_reason") == "length" else str(e)
+        return CompletionAnswer("unreadable", usage, reason)
+    return CompletionAnswer("answered", usage, matched=matched)

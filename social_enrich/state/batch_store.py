@@ -1,7 +1,7 @@
 """The durable record of Batch API work: days queued, their posts and answers, batches and requests.
 
-In the state store, like the response cache: the asset run that submits and the sensor that polls
-are different processes (and ticks, and on a deployment hosts), and nothing may be lost between
+In the state store, like the response cache: the asset runs that submit and collect, and the sensor
+that polls, are different processes (and ticks, and on a deployment hosts), and nothing may be lost between
 them. Every change is one transaction, so a crash leaves either the old or the new state.
 
 No batch is paid twice. Posts are claimed for a batch in one write transaction (:meth:`BatchStore.claim`)
@@ -19,7 +19,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +42,7 @@ _SCHEMA = (
     job TEXT NOT NULL, day TEXT NOT NULL, posts INTEGER NOT NULL, queued_at TEXT NOT NULL,
     realtime INTEGER NOT NULL DEFAULT 0,  -- handed to a realtime run, which forgets the day when done
     may_live_on TEXT,  -- JSON list of the days the posts' target rows can be on now; NULL: any day
+    submitted TEXT,  -- JSON: what the submitting run read (its days, rows read), for the day's materialization
     PRIMARY KEY (job, day))""",
     # custom_id set and batch_id NULL: claimed by the intent_id, not yet (known to be) at Azure.
     """CREATE TABLE IF NOT EXISTS posts (
@@ -49,7 +50,7 @@ _SCHEMA = (
     truncated INTEGER NOT NULL, fields TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     custom_id TEXT, batch_id TEXT, pack_position INTEGER, status TEXT, response TEXT, error TEXT,
     prompt_tokens {float} NOT NULL DEFAULT 0, completion_tokens {float} NOT NULL DEFAULT 0,
-    cached_tokens {float} NOT NULL DEFAULT 0, intent_id TEXT,
+    cached_tokens {float} NOT NULL DEFAULT 0, intent_id TEXT, requests {float} NOT NULL DEFAULT 0,
     PRIMARY KEY (job, day, post_key))""",
     "CREATE INDEX IF NOT EXISTS posts_by_request ON posts (custom_id)",
     """CREATE TABLE IF NOT EXISTS batches (
@@ -61,7 +62,8 @@ _SCHEMA = (
     intent_id TEXT PRIMARY KEY, job TEXT NOT NULL, requests INTEGER NOT NULL, created_at TEXT NOT NULL)""",
 )
 # Columns added since the first stores were written: (table, column, type).
-_ADDED_COLUMNS = (("days", "may_live_on", "TEXT"), ("posts", "intent_id", "TEXT"))
+_ADDED_COLUMNS = (("days", "may_live_on", "TEXT"), ("posts", "intent_id", "TEXT"), ("days", "submitted", "TEXT"),
+                  ("posts", "requests", "{float} NOT NULL DEFAULT 0"))
 _BATCH_COLUMNS = ("batch_id", "job", "status", "input_file_id", "output_file_id", "error_file_id", "requests",
                   "completed", "failed", "submitted_at", "closed_at", "note")
 _POST_COLUMNS = "day, post_key, update_time, input_hash, truncated, fields, attempts"
@@ -115,7 +117,8 @@ class BatchStore:
     def __init__(self, db: Connection) -> None:
         self._db = db
         try:
-            db.create_schema([statement.format(float=db.float_type) for statement in _SCHEMA], _ADDED_COLUMNS)
+            db.create_schema([statement.format(float=db.float_type) for statement in _SCHEMA],
+                             [(table, column, kind.format(float=db.float_type)) for table, column, kind in _ADDED_COLUMNS])
         except BaseException:
             db.close()
             raise
@@ -132,11 +135,13 @@ class BatchStore:
     # -- days and posts -------------------------------------------------------------------------
 
     def queue_days(
-        self, job: str, days: Sequence[dt.date], posts: Iterable[QueuedPost], may_live_on: Iterable[dt.date] | None = None
+        self, job: str, days: Sequence[dt.date], posts: Iterable[QueuedPost], may_live_on: Iterable[dt.date] | None = None,
+        submitted: dict[str, Any] | None = None,
     ) -> None:
         """Replace whatever was queued for these days with ``posts`` (a re-submitted day starts over).
         ``may_live_on``: the days the posts' rows can be on in the target now (None: any day), so that
-        writing a day reads only those partitions."""
+        writing a day reads only those partitions. ``submitted``: what the submitting run read, reported
+        with each day when it is written (:meth:`day_submitted`)."""
         where = json.dumps(sorted(d.isoformat() for d in may_live_on)) if may_live_on is not None else None
         rows = [
             (job, p.day.isoformat(), json.dumps(p.key), p.update_time.isoformat() if p.update_time else None,
@@ -150,10 +155,10 @@ class BatchStore:
             for day, n in counts.items():
                 self._db.execute("DELETE FROM posts WHERE job = ? AND day = ?", (job, day))
                 self._db.execute(
-                    "INSERT INTO days (job, day, posts, queued_at, may_live_on) VALUES (?, ?, ?, ?, ?)"
+                    "INSERT INTO days (job, day, posts, queued_at, may_live_on, submitted) VALUES (?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (job, day) DO UPDATE SET posts = excluded.posts, queued_at = excluded.queued_at,"
-                    " realtime = 0, may_live_on = excluded.may_live_on",
-                    (job, day, n, _now(), where),
+                    " realtime = 0, may_live_on = excluded.may_live_on, submitted = excluded.submitted",
+                    (job, day, n, _now(), where, json.dumps(submitted, default=str) if submitted is not None else None),
                 )
             self._db.execute_many(
                 "INSERT INTO posts (job, day, post_key, update_time, input_hash, truncated, fields, status, response, error)"
@@ -176,11 +181,18 @@ class BatchStore:
 
     # -- submitting: the lock, intents, batches ----------------------------------------------------
 
-    @contextmanager
-    def submitting(self, job: str, wait_seconds: float) -> Iterator[bool]:
+    def submitting(self, job: str, wait_seconds: float) -> AbstractContextManager[bool]:
         """Hold the job's submit lock for the block: True, or False when another process held it for
         all of ``wait_seconds``. Released when the block ends, or when this process ends however it ends."""
-        name = f"submit:{job}"
+        return self._holding(f"submit:{job}", wait_seconds)
+
+    def collecting(self, job: str, wait_seconds: float) -> AbstractContextManager[bool]:
+        """Hold the job's collect lock for the block (like :meth:`submitting`): one process at a time reads
+        the job's finished batches, so no batch is read twice at once."""
+        return self._holding(f"collect:{job}", wait_seconds)
+
+    @contextmanager
+    def _holding(self, name: str, wait_seconds: float) -> Iterator[bool]:
         deadline = time.monotonic() + wait_seconds
         while not self._db.try_lock(name):
             if time.monotonic() >= deadline:
@@ -262,33 +274,75 @@ class BatchStore:
 
     def settle(self, job: str, answers: Sequence[tuple[QueuedPost, ScoreResult, Usage]]) -> None:
         """Store answers, each with its share of its request's tokens."""
-        if not answers:
-            return
-        with self._db.write(f"batches:{job}"):
-            self._db.execute_many(
-                "UPDATE posts SET status = ?, response = ?, error = ?, custom_id = NULL, batch_id = NULL, intent_id = NULL,"
-                " prompt_tokens = ?, completion_tokens = ?, cached_tokens = ? WHERE job = ? AND day = ? AND post_key = ?",
-                [(*_result_columns(r), u.prompt_tokens, u.completion_tokens, u.cached_tokens, job, p.day.isoformat(), json.dumps(p.key))
-                 for p, r, u in answers],
-            )
+        if answers:
+            with self._db.write(f"batches:{job}"):
+                self._settle(job, answers)
+
+    def _settle(self, job: str, answers: Sequence[tuple[QueuedPost, ScoreResult, Usage]]) -> None:
+        self._db.execute_many(
+            "UPDATE posts SET status = ?, response = ?, error = ?, custom_id = NULL, batch_id = NULL, intent_id = NULL,"
+            " prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, requests = ? WHERE job = ? AND day = ? AND post_key = ?",
+            [(*_result_columns(r), u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.requests, job, p.day.isoformat(),
+              json.dumps(p.key)) for p, r, u in answers],
+        )
 
     def release(self, job: str, posts: Sequence[QueuedPost]) -> None:
         """Take posts out of their request, unanswered, so they are sent again."""
-        if not posts:
-            return
+        if posts:
+            with self._db.write(f"batches:{job}"):
+                self._release(job, posts)
+
+    def _release(self, job: str, posts: Sequence[QueuedPost], batch_id: str | None = None) -> None:
+        # With batch_id: only the posts still waiting for that batch (not any sent again since).
+        self._db.execute_many(
+            "UPDATE posts SET custom_id = NULL, batch_id = NULL, intent_id = NULL"
+            " WHERE job = ? AND day = ? AND post_key = ? AND status IS NULL" + (" AND batch_id = ?" if batch_id else ""),
+            [(job, p.day.isoformat(), json.dumps(p.key), *((batch_id,) if batch_id else ())) for p in posts],
+        )
+
+    def collect(self, job: str, batch_id: str, answers: Sequence[tuple[QueuedPost, ScoreResult, Usage]],
+                again: Sequence[QueuedPost], note: str) -> None:
+        """A finished batch read: its answers stored, the posts it did not answer released, and the batch
+        closed, in one transaction. A collect that dies before it leaves the batch as it was, to read again."""
         with self._db.write(f"batches:{job}"):
-            self._db.execute_many(
-                "UPDATE posts SET custom_id = NULL, batch_id = NULL, intent_id = NULL"
-                " WHERE job = ? AND day = ? AND post_key = ? AND status IS NULL",
-                [(job, p.day.isoformat(), json.dumps(p.key)) for p in posts],
-            )
+            if answers:
+                self._settle(job, answers)
+            if again:
+                self._release(job, again, batch_id)
+            self._db.execute("UPDATE batches SET closed_at = ?, note = ? WHERE batch_id = ?", (_now(), note, batch_id))
 
     def day_usage(self, job: str, day: dt.date) -> Usage:
         row = self._db.query(
-            "SELECT SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens) FROM posts WHERE job = ? AND day = ?",
+            "SELECT SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(requests) FROM posts WHERE job = ? AND day = ?",
             (job, day.isoformat()),
         )[0]
-        return Usage(prompt_tokens=round(row[0] or 0), completion_tokens=round(row[1] or 0), cached_tokens=round(row[2] or 0))
+        return Usage(prompt_tokens=round(row[0] or 0), completion_tokens=round(row[1] or 0), cached_tokens=round(row[2] or 0),
+                     requests=round(row[3] or 0))
+
+    def day_submitted(self, job: str, day: dt.date) -> dict[str, Any]:
+        """What the run that submitted the day read (:meth:`queue_days`); empty for a store from before."""
+        rows = self._db.query("SELECT submitted FROM days WHERE job = ? AND day = ?", (job, day.isoformat()))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+
+    def queued_days(self, job: str) -> dict[dt.date, str]:
+        """Every queued day (realtime ones too), with when it was queued."""
+        rows = self._db.query("SELECT day, queued_at FROM days WHERE job = ? ORDER BY day", (job,))
+        return {dt.date.fromisoformat(day): queued_at for day, queued_at in rows}
+
+    def batch_days(self, job: str, batch_id: str) -> list[dt.date]:
+        """The days with posts waiting for the batch's answers."""
+        rows = self._db.query("SELECT DISTINCT day FROM posts WHERE job = ? AND batch_id = ? AND status IS NULL ORDER BY day",
+                              (job, batch_id))
+        return [dt.date.fromisoformat(day) for (day,) in rows]
+
+    def unsent_days(self, job: str) -> list[dt.date]:
+        """Days with posts to submit (unsent, or claimed by an intent whose batch was never recorded)."""
+        rows = self._db.query(
+            "SELECT DISTINCT day FROM posts WHERE job = ? AND status IS NULL AND batch_id IS NULL"
+            " AND day NOT IN (SELECT day FROM days WHERE job = ? AND realtime = 1) ORDER BY day",
+            (job, job),
+        )
+        return [dt.date.fromisoformat(day) for (day,) in rows]
 
     def complete_days(self, job: str) -> list[dt.date]:
         """Days whose every post has an answer (or that have no posts)."""
