@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ from social_enrich.inference.usage import Usage
 from social_enrich.state import StateStore, StateStoreError, open_state_store
 from social_enrich.state.batch_store import QueuedPost
 from social_enrich.state.postgres import PostgresState
-from social_enrich.state.sqlite import SQLiteState
+from social_enrich.state.sqlite import SQLiteConnection, SQLiteState
 from social_enrich_tests.emulated_azure import API_KEY
 from social_enrich_tests.state_workers import CRASH_CODE
 
@@ -345,3 +347,27 @@ CREATE TABLE batches (batch_id TEXT PRIMARY KEY, job TEXT NOT NULL, status TEXT 
     output_file_id TEXT, error_file_id TEXT, requests INTEGER NOT NULL, completed INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0, submitted_at TEXT NOT NULL, closed_at TEXT, note TEXT);
 """
+
+
+
+def _open_store(path: str, barrier: Any) -> str:
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:  # a slow start: open anyway
+        pass
+    try:
+        SQLiteConnection(Path(path)).query("SELECT 1")
+        return "ok"
+    except sqlite3.OperationalError as e:
+        return f"{e}"
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path):
+    """Each turns the new file to WAL; SQLite answers the losers "database is locked" without waiting
+    (deadlock avoidance), so opening must try again; without that, 200 rounds here saw it fail."""
+    with multiprocessing.Manager() as manager, multiprocessing.Pool(6) as pool:
+        for attempt in range(200):
+            barrier = manager.Barrier(6, timeout=10)
+            path = str(tmp_path / f"store{attempt}.sqlite3")
+            opened = pool.starmap(_open_store, [(path, barrier)] * 6, chunksize=1)
+            assert opened == ["ok"] * 6, opened

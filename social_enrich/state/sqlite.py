@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,22 @@ from typing import IO, Any
 from social_enrich.state.store import StateStore
 
 BUSY_TIMEOUT_SECONDS = 60  # a writer waits this long for another's transaction before "database is locked"
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). Processes opening a new file at once both try; SQLite
+    answers one of them "database is locked" at once, without waiting (deadlock avoidance), so that
+    one tries again until the other has switched the file."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class SQLiteConnection:
@@ -30,7 +47,7 @@ class SQLiteConnection:
         self._locks: dict[str, IO[str]] = {}
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(self._db)
             # The cache uses NORMAL: with WAL a crash loses no committed transaction, only an OS crash can.
             self._db.execute(f"PRAGMA synchronous={synchronous}")
         except BaseException:
