@@ -365,9 +365,11 @@ def _open_store(path: str, barrier: Any) -> str:
 def test_processes_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path):
     """Each turns the new file to WAL; SQLite answers the losers "database is locked" without waiting
     (deadlock avoidance), so opening must try again; without that, 200 rounds here saw it fail."""
-    with multiprocessing.Manager() as manager, multiprocessing.Pool(6) as pool:
+    # Spawned, not forked: a fork of this many-threaded test process may inherit a held lock and hang.
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, spawn.Pool(6) as pool:
         for attempt in range(200):
             barrier = manager.Barrier(6, timeout=10)
             path = str(tmp_path / f"store{attempt}.sqlite3")
-            opened = pool.starmap(_open_store, [(path, barrier)] * 6, chunksize=1)
+            opened = pool.starmap_async(_open_store, [(path, barrier)] * 6, chunksize=1).get(timeout=60)
             assert opened == ["ok"] * 6, opened
