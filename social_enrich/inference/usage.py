@@ -15,6 +15,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # part of prompt_tokens served from Azure's prompt cache
+    answers_cut_off: int = 0  # answers that stopped at max_tokens (their posts were asked again)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
