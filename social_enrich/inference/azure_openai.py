@@ -344,12 +344,13 @@ class _PackRun:
     async def _attempt(self, posts: list[PostToScore], retry: bool) -> _Outcome:
         p = self.p
         messages = build_messages(p.inference.prompt, posts)
-        max_tokens = p.output_budget.max_tokens(len(posts))
         prompt_tokens = estimate_request_tokens(messages, p.response_format, 0)
-        d = await p.choose_deployment(prompt_tokens, max_tokens)
-        cost = d.calibration.charge(prompt_tokens) + max_tokens
+        d = await p.choose_deployment(prompt_tokens, p.output_budget.max_tokens(len(posts)))
         assert d.client is not None, "a deployment is used inside its session"
         async with d.concurrency:
+            # Reserved once a request may start, not when it was queued: by then more answers are known.
+            max_tokens = p.output_budget.max_tokens(len(posts))
+            cost = d.calibration.charge(prompt_tokens) + max_tokens
             await d.pacer.wait_turn(cost)
             if self.stop is not None:
                 raise self.stop  # the endpoint rejected the run: start nothing more
