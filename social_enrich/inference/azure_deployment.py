@@ -35,6 +35,7 @@ class AzureDeployment:
                  setting_names: SettingNames = SettingNames()) -> None:
         self.name, self.client_args, self.setting_names, self.workers = name, client_args, setting_names, workers
         self.quota = quota
+        self.paced = bool(quota.requests_per_minute or quota.tokens_per_minute)
         self.pacer = RequestPacer(quota.requests_per_minute, quota.tokens_per_minute, quota.headroom, quota.window_seconds)
         self.calibration = PromptCalibration()
         self.usage = Usage()  # over the provider's life; callers take differences

@@ -399,11 +399,13 @@ class _PackRun:
             self.answered = True
             p.heard(d, "answered")
             d.pacer.on_answer()
-            d.concurrency.on_answer(
+            # A paced deployment's pacer keeps it under its quota, and leaves the server little room on
+            # purpose: that room must not shrink the concurrency, or the pace could not be kept.
+            room = (None, None) if d.paced else (
                 _header_int(raw.headers, "x-ratelimit-remaining-requests"),
                 _header_int(raw.headers, "x-ratelimit-remaining-tokens"),
-                cost,
             )
+            d.concurrency.on_answer(*room, cost)
         try:
             completion = raw.parse()
         except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose body is not a chat completion

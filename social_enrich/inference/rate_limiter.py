@@ -31,7 +31,7 @@ class RequestPacer:
     """
 
     SLOWEST = 0.1  # never below a tenth of the configured quota
-    ARRIVAL_SLACK = 0.25  # seconds
+    ARRIVAL_SLACK = 0.1  # seconds: how much later than others a request may reach the server
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None, headroom: float = 0.98,
                  window_seconds: float = 10.0) -> None:
