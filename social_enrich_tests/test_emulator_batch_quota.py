@@ -17,7 +17,11 @@ import openai
 import pytest
 from openai.types import Batch
 
-from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings, SettingsError
+from social_enrich.devtools.azure_openai_emulator import (
+    AzureOpenAIEmulator,
+    EmulatorSettings,
+    SettingsError,
+)
 from social_enrich.devtools.azure_openai_emulator.cli import main
 from social_enrich.devtools.azure_openai_emulator.prompt import rate_limit_tokens
 from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, sdk_client

@@ -198,9 +198,9 @@ def test_throttle_outage_is_a_429_storm_whatever_the_quota(emulator: AzureOpenAI
 
 def test_an_outage_is_seen_on_the_v1_route_too(emulator: AzureOpenAIEmulator):
     emulator.fail_deployment(DEPLOYMENT, "http_503")
-    with openai.OpenAI(base_url=emulator.endpoint + "/openai/v1/", api_key=API_KEY, max_retries=0) as v1:
-        with pytest.raises(openai.APIStatusError) as excinfo:
-            v1.chat.completions.create(model=DEPLOYMENT, messages=MESSAGES)
+    v1 = openai.OpenAI(base_url=emulator.endpoint + "/openai/v1/", api_key=API_KEY, max_retries=0)
+    with v1, pytest.raises(openai.APIStatusError) as excinfo:
+        v1.chat.completions.create(model=DEPLOYMENT, messages=MESSAGES)
     assert excinfo.value.status_code == 503
 
 

@@ -6,7 +6,7 @@ listener of the same handler and emulator state (quotas, stats, files, batches) 
 requests for its deployment only (another deployment's name gets 404 DeploymentNotFound).
 
 Refusing closes the listener and its connections (in-flight requests are cut off without an
-answer), then holds the port with a bound socket that does not listen: a connect gets ECONNREFUSED,
+answer, though the stats count what they would have got), then holds the port with a bound socket that does not listen: a connect gets ECONNREFUSED,
 exactly as when nothing listens, and no other socket can take the port meanwhile.  Reopening
 binds the same port again (SO_REUSEADDR, so connections left in TIME_WAIT don't stand in the way).
 """
