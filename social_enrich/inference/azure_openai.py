@@ -236,6 +236,11 @@ class AzureOpenAIProvider:
     def heard(self, deployment: AzureDeployment, what: Heard) -> None:
         """What an attempt on ``deployment`` came to; one deployment has nothing to decide from it."""
 
+    def stop_after_rejection(self, deployment: AzureDeployment, message: str, rejections: Counter[str]) -> str | None:
+        """What a run stops with after ``deployment`` rejected it with ``message`` (``rejections``: every
+        rejection of the run so far, this one included), or None to go on."""
+        return message if rejections[message] >= STOP_AFTER_REJECTIONS else None
+
     def count(self, deployment: AzureDeployment, **figures: int) -> None:
         """Add to the usage of the provider and of the deployment alike."""
         for usage in (self.usage, deployment.usage):
@@ -287,11 +292,13 @@ class _PackRun:
         self.answered = False  # an answer (HTTP 200) came back
         self.stop: EndpointRejectedError | None = None
 
-    def _rejected(self, message: str) -> None:
-        """Count a rejection; at the STOP_AFTER_REJECTIONS-th identical one, stop the run."""
+    def _rejected(self, d: AzureDeployment, message: str) -> None:
+        """Count a rejection; stop the run when the provider says so (one deployment: at the
+        STOP_AFTER_REJECTIONS-th identical one)."""
         self.rejections[message] += 1
-        if self.rejections[message] >= STOP_AFTER_REJECTIONS:
-            self.stop = self.stop or EndpointRejectedError(message)
+        stop = self.p.stop_after_rejection(d, message, self.rejections)
+        if stop is not None:
+            self.stop = self.stop or EndpointRejectedError(stop)
             raise self.stop
 
     async def settle_pack(self, pack: list[int]) -> None:
@@ -347,6 +354,7 @@ class _PackRun:
         prompt_tokens = estimate_request_tokens(messages, p.response_format, 0)
         d = await p.choose_deployment(prompt_tokens, p.output_budget.max_tokens(len(posts)))
         assert d.client is not None, "a deployment is used inside its session"
+        at = f" at {d.name}" if len(p.deployments) > 1 else ""  # a pool's failures name the deployment
         async with d.concurrency:
             # Reserved once a request may start, not when it was queued: by then more answers are known.
             max_tokens = p.output_budget.max_tokens(len(posts))
@@ -372,14 +380,14 @@ class _PackRun:
                     return _Outcome("filtered", FILTERED_PROMPT)
                 if e.status_code in RETRYABLE_STATUSES:
                     p.heard(d, "server_error")
-                    raise _Transient(f"HTTP {e.status_code}", _retry_after(e.response.headers)) from None
+                    raise _Transient(f"HTTP {e.status_code}{at}", _retry_after(e.response.headers)) from None
                 if e.status_code not in REJECTING_STATUSES:
                     # The message is the server's; the SDK never puts the key in it.
                     return _Outcome("failed", f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
                 rejection = d.rejection(e.status_code, e.code, d.without_key(_server_message(e)))
             except openai.APITimeoutError:
                 p.heard(d, "timeout")
-                raise _Transient("timeout") from None
+                raise _Transient(f"timeout{at}") from None
             except openai.APIConnectionError as e:
                 # A failed connect before any answer is a wrong endpoint (host, port, name), not a blip:
                 # it counts towards the stop like a 401, while each request still gets its retries until then.
@@ -387,14 +395,16 @@ class _PackRun:
                 p.heard(d, "connection_error")
                 reason = _connect_failure(e)
                 if reason is None or self.answered or len(p.deployments) > 1:
-                    raise _Transient("connection error") from None
+                    raise _Transient(f"connection error{at}") from None
                 rejection, connect_failed = d.cannot_connect(reason), True
             if rejection is not None:
                 # Counted outside the except blocks, so an EndpointRejectedError chains to no SDK error.
                 p.heard(d, "rejected")
-                self._rejected(rejection)
+                self._rejected(d, rejection)
                 if connect_failed:
                     raise _Transient("connection error")
+                if len(p.deployments) > 1:  # a pool: another deployment may take it
+                    raise _Transient(rejection)
                 return _Outcome("failed", rejection)
             self.answered = True
             p.heard(d, "answered")
