@@ -379,6 +379,7 @@ class _PackRun:
                 if e.status_code == 400 and e.code == "content_filter":
                     return _Outcome("filtered", FILTERED_PROMPT)
                 if e.status_code in RETRYABLE_STATUSES:
+                    p.count(d, errors=1)
                     p.heard(d, "server_error")
                     raise _Transient(f"HTTP {e.status_code}{at}", _retry_after(e.response.headers)) from None
                 if e.status_code not in REJECTING_STATUSES:
@@ -386,12 +387,14 @@ class _PackRun:
                     return _Outcome("failed", f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
                 rejection = d.rejection(e.status_code, e.code, d.without_key(_server_message(e)))
             except openai.APITimeoutError:
+                p.count(d, errors=1)
                 p.heard(d, "timeout")
                 raise _Transient(f"timeout{at}") from None
             except openai.APIConnectionError as e:
                 # A failed connect before any answer is a wrong endpoint (host, port, name), not a blip:
                 # it counts towards the stop like a 401, while each request still gets its retries until then.
                 # Once something has answered, the endpoint exists, and a failed connect is only retried.
+                p.count(d, errors=1)
                 p.heard(d, "connection_error")
                 reason = _connect_failure(e)
                 if reason is None or self.answered or len(p.deployments) > 1:

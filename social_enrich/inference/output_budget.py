@@ -33,7 +33,7 @@ class OutputBudget:
         # A lone post is a retry, or a post of a pack that was cut off: it gets the whole ceiling, so a
         # long answer is never cut off twice.
         per_post = self.ceiling_per_post if posts == 1 else self.per_post()
-        return self.overhead + math.ceil(per_post * posts)
+        return self.overhead + math.ceil(round(per_post * posts, 6))  # round: 17 x 1.1 x 20 is 374.00000000000006
 
     def per_post(self) -> float:
         if self._quantile is None:

@@ -26,8 +26,8 @@ class RequestPacer:
     Starts are counted a little longer than the window (``ARRIVAL_SLACK``), since the server counts
     arrivals, which come a little later and not all equally late.
 
-    A 429 (another client sharing the quota, or a server counting otherwise) also slows the pace by a
-    fifth, and healthy answers win the pace back slowly.
+    429s in a row (another client sharing the quota, or a server counting otherwise) slow the pace by a
+    fifth each, and healthy answers win the pace back slowly.
     """
 
     SLOWEST = 0.1  # never below a tenth of the configured quota
@@ -38,6 +38,7 @@ class RequestPacer:
         self._seconds_per_request = 60 / (requests_per_minute * headroom) if requests_per_minute else 0.0
         self._seconds_per_token = 60 / (tokens_per_minute * headroom) if tokens_per_minute else 0.0
         self._next_request = self._next_tokens = self._paused_until = 0.0
+        self._last_throttled = -math.inf
         self.pace = 1.0  # share of the configured rate in use
         self._window = window_seconds
         self._window_requests = math.floor(requests_per_minute * window_seconds / 60 + 1e-9) if requests_per_minute else None
@@ -85,9 +86,14 @@ class RequestPacer:
         self.pace = min(1.0, self.pace + 0.002)
 
     def on_throttled(self, retry_after: float) -> None:
-        """After a 429: no request starts before the server said it may, and the pace drops."""
-        self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
-        self.pace = max(self.SLOWEST, self.pace * 0.8)
+        """After a 429: no request starts before the server said it may. A second 429 within a window
+        also slows the pace: the quota is shared, or counted otherwise, and pausing is not enough.
+        (One alone is a request that reached the server late; slowing for it would cost more than it saved.)"""
+        now = time.monotonic()
+        self._paused_until = max(self._paused_until, now + retry_after)
+        if now - self._last_throttled < self._window:
+            self.pace = max(self.SLOWEST, self.pace * 0.8)
+        self._last_throttled = now
 
 
 class AdaptiveConcurrency:

@@ -12,6 +12,7 @@ class Usage:
     requests: int = 0  # attempts sent, retries and splits included
     retries: int = 0
     throttled: int = 0  # answered 429
+    errors: int = 0  # attempts that failed in passing otherwise: a 5xx, a dropped connection, a timeout
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # part of prompt_tokens served from Azure's prompt cache
