@@ -238,10 +238,9 @@ class Breaker:
         return False  # open already: requests sent before it opened are still coming back
 
     def _open(self, now: float, why: str, cool_down: float | None = None) -> bool:
-        was = self.state
-        seconds = cool_down if cool_down is not None else self.cool_down
-        if was == "open" and now + seconds <= self.reopens_at:
+        if self.state == "open":  # requests sent before it opened are still coming back
             return False
+        seconds = cool_down if cool_down is not None else self.cool_down
         self.state, self.reopens_at, self.probe_since, self.why = "open", now + seconds, None, why
         self.cool_down = min(self.max_cool_down, self.cool_down * 2)
         self.openings += 1
