@@ -202,3 +202,24 @@ def test_the_pool_is_chosen_by_name_from_the_environment_with_a_key_per_deployme
     with pytest.raises(CredentialsError, match=r"deployment pool-b of provider azure_openai_pool: no Azure OpenAI key: set \$KEY_B") as error:
         environment_provider(sentiment_job)
     assert API_KEY not in str(error.value)
+
+
+def test_a_runs_figures_show_each_deployments_requests_tokens_and_share(emulator, monkeypatch, sentiment_job, catalog, seeded):
+    """Through the run core: a day enriched by the pool reports every deployment, and they add up to the run."""
+    from social_enrich.enrichment import enrich_partition, report_summary
+
+    monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
+    monkeypatch.setenv("SOCIAL_ENRICH_PROVIDER", "azure_openai_pool")
+    monkeypatch.setenv("SOCIAL_ENRICH_PROVIDER_CONFIG", json.dumps(pool_config(emulator)))
+    day = seeded.days[0]
+
+    report = enrich_partition(sentiment_job, day, catalog, environment_provider(sentiment_job))
+    figures = report_summary(sentiment_job, report, 1.0, None)
+
+    per = {name: {k.rsplit("/", 1)[1]: v for k, v in figures.items() if k.startswith(f"llm/deployment/{name}/")} for name in NAMES}
+    assert all(set(f) == {"requests", "tokens", "throttled", "errors", "share"} for f in per.values()), per
+    assert sum(f["requests"] for f in per.values()) == figures["llm/requests"] > 0
+    assert sum(f["tokens"] for f in per.values()) == figures["llm/prompt_tokens"] + figures["llm/completion_tokens"]
+    assert sum(f["share"] for f in per.values()) == pytest.approx(1.0, abs=0.01)
+    assert all(f["requests"] > 0 for f in per.values())  # the work was shared
+    assert figures["posts_failed"] == sum(report.not_sendable.values())  # only the sample's empty posts: none lost to the pool
