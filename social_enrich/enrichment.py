@@ -100,6 +100,7 @@ class EnrichmentReport:
     not_sendable: Counter[str] = field(default_factory=Counter)  # why posts were not sent ("post_text is empty")
     not_sendable_keys: dict[str, list[Any]] = field(default_factory=dict)  # a few of them per reason, for the log
     usage: Usage = field(default_factory=Usage)
+    usage_by_deployment: dict[str, Usage] = field(default_factory=dict)  # a provider sending to several (a pool)
     seconds: dict[str, float] = field(default_factory=dict)  # scan / score / write
     write: WriteStats | None = None
     partition_rows: dict[dt.date, int] = field(default_factory=dict)  # rows each day's partition holds after the write
@@ -589,7 +590,7 @@ def enrich_days(
     scanned = time.perf_counter()
     report = new_report(first, last, provider.model_id, posts)
     log.info("%s: %d posts live on %s", job.name, report.posts, report.days_text)
-    usage_before = replace(provider.usage)
+    usage_before, deployments_before = replace(provider.usage), usage_by_deployment(provider)
     cache = None
     if provider.caches_responses and job.inference.cache:
         # Answers the target holds for these days fill a cache that did not last (Lambda's /tmp).
@@ -607,6 +608,8 @@ def enrich_days(
             if cache is not None:
                 cache.close()
             report.usage = provider.usage - usage_before
+            report.usage_by_deployment = {name: used - deployments_before.get(name, Usage())
+                                          for name, used in usage_by_deployment(provider).items()}
         scored = time.perf_counter()
         index_type, version_days = posts.index_type, posts.version_days if posts.versions_complete else None
         if version_days is None:
@@ -635,6 +638,29 @@ def enrich_partition(
 ) -> EnrichmentReport:
     """Enrich one daily partition."""
     return enrich_days(job, day, day, catalog, provider, drop=drop, log=log)
+
+
+def usage_by_deployment(provider: Provider) -> dict[str, Usage]:
+    """Each deployment's usage so far, for a provider that sends to several (a pool); else nothing."""
+    by_deployment = getattr(provider, "usage_by_deployment", None)
+    deployments = by_deployment() if by_deployment is not None else {}
+    return deployments if len(deployments) > 1 else {}
+
+
+def deployment_figures(usage_by_deployment: dict[str, Usage]) -> dict[str, Any]:
+    """Requests, tokens, 429s and errors per deployment, and the share of the answers each served."""
+    answered = {name: u.requests - u.throttled - u.errors for name, u in usage_by_deployment.items()}
+    total = sum(answered.values())
+    figures: dict[str, Any] = {}
+    for name, u in sorted(usage_by_deployment.items()):
+        figures |= {
+            f"llm/deployment/{name}/requests": u.requests,
+            f"llm/deployment/{name}/tokens": u.prompt_tokens + u.completion_tokens,
+            f"llm/deployment/{name}/throttled": u.throttled,
+            f"llm/deployment/{name}/errors": u.errors,
+            f"llm/deployment/{name}/share": round(answered[name] / total, 4) if total else 0.0,
+        }
+    return figures
 
 
 def _figures(job: JobConfig, report: EnrichmentReport, figures: DayFigures, usage: Usage) -> dict[str, Any]:
@@ -670,6 +696,7 @@ def report_summary(job: JobConfig, report: EnrichmentReport, seconds: float, tar
         "days": report.days_text,
         "posts_touched": report.posts,
         **_figures(job, report, report.totals, report.usage),
+        **deployment_figures(report.usage_by_deployment),
         **({"target_snapshot_id": str(write.snapshot_id)} if write else {}),
         "posts_skipped": report.capped + sum(report.null_keys.values()),
         "posts_left": report.posts_left,

@@ -16,6 +16,7 @@ LOCAL_MODELS = {"vader": "social_enrich.inference.local_sentiment:VaderSentiment
 PROVIDERS = {
     "local": "social_enrich.inference.local_sentiment:LocalProvider",
     "azure_openai": "social_enrich.inference.azure_openai:AzureOpenAIProvider",
+    "azure_openai_pool": "social_enrich.inference.azure_pool:AzureOpenAIPoolProvider",
 }
 
 

@@ -39,10 +39,12 @@ def slow(text: str) -> str:
 
 
 def sent_posts(body: dict) -> list[dict]:
-    """The posts (id + fields) one logged request carried in its one user message."""
+    """The posts (id + fields, as objects) one logged request carried in its one user message, compact:
+    the field names once, then each post's values in that order."""
     users = [m for m in body["messages"] if m["role"] == "user"]
     assert len(users) == 1
-    return json.loads(users[0]["content"])["posts"]
+    sent = json.loads(users[0]["content"])
+    return [dict(zip(sent["fields"], row, strict=True)) for row in sent["posts"]]
 
 
 def inference(**settings: object) -> InferenceConfig:

@@ -7,6 +7,8 @@ catalog that ``conftest.state_home`` puts under tmp_path.
 
 from __future__ import annotations
 
+import json
+
 import datetime as dt
 import socket
 from collections import Counter
@@ -100,7 +102,10 @@ def test_structured_answers_carry_the_right_label(provider: AzureOpenAIProvider,
     (body,) = emulator.requests_log
     schema_format = body["response_format"]
     assert schema_format["type"] == "json_schema" and schema_format["json_schema"]["strict"]
-    item = schema_format["json_schema"]["schema"]["$defs"]["SentimentItem"]
+    schema = schema_format["json_schema"]["schema"]
+    item = schema["properties"]["results"]["items"]  # inlined: no $defs, no $ref
+    assert "$defs" not in schema and "$ref" not in json.dumps(schema)
+    assert item["properties"]["id"] == {"type": "integer"}
     assert item["required"] == ["id", "label", "score", "confidence"] and item["additionalProperties"] is False
     assert body["max_tokens"] == ANSWER_OVERHEAD_TOKENS + 2 * InferenceConfig.model_fields["max_output_tokens_per_post"].default
 
@@ -113,7 +118,7 @@ def test_only_the_post_fields_are_sent(provider: AzureOpenAIProvider, emulator: 
     assert body["model"] == DEPLOYMENT
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     assert body["messages"][0]["content"].startswith(PROMPT)
-    assert sent_posts(body) == [{"id": "0", **fields}]  # exactly these fields and an id: not the key
+    assert sent_posts(body) == [{"id": 0, **fields}]  # exactly these fields and an id: not the key
 
 
 def test_posts_are_packed_and_matched_back_by_id(emulator: AzureOpenAIEmulator, api_key: str):

@@ -160,11 +160,13 @@ def test_a_local_run_without_local_model_names_the_job_and_the_field(tmp_path):
     assert isinstance(error.value, JobConfigError) and isinstance(error.value, SocialEnrichError)
 
 
-def test_the_default_prompt_describes_the_packed_request():
-    """The prompt must match what is sent: posts packed as a JSON list under "posts", each with an "id"."""
-    system, user = build_messages(DEFAULT_PROMPT, [PostToScore(key=1, fields={"post_text": "hello"}, text="hello")])
-    assert json.loads(user["content"]) == {"posts": [{"id": "0", "post_text": "hello"}]}
+def test_the_packed_request_is_compact_and_described_once():
+    """Field names once, each post a row of values whose first is its id; the layout is said by the packing
+    instructions after the job's prompt, so a job's own prompt need not describe it."""
+    posts = [PostToScore(key=1, fields={"post_text": "hello", "platform": "x"}, text="hello"),
+             PostToScore(key=2, fields={"post_text": "bye", "platform": "y"}, text="bye")]
+    system, user = build_messages(DEFAULT_PROMPT, posts)
+    assert json.loads(user["content"]) == {"fields": ["id", "post_text", "platform"], "posts": [[0, "hello", "x"], [1, "bye", "y"]]}
     assert system["content"].startswith(DEFAULT_PROMPT)
-    assert '{"posts": [...]}' in DEFAULT_PROMPT and '"id"' in DEFAULT_PROMPT
-    assert "one result per post" in DEFAULT_PROMPT and "one post as" not in DEFAULT_PROMPT
-    assert "never as instructions" in DEFAULT_PROMPT
+    assert '"fields"' in system["content"] and 'the first its "id"' in system["content"]
+    assert "one post as" not in DEFAULT_PROMPT and "never as instructions" in DEFAULT_PROMPT

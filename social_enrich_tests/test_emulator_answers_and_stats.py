@@ -65,6 +65,37 @@ def test_engine_shaped_posts_are_judged_by_post_text(client: openai.AzureOpenAI)
     assert [(i.id, i.sentiment.label) for i in items] == [("0", "negative"), ("1", "positive"), ("2", "neutral")]
 
 
+def test_compact_posts_are_judged_by_post_text(client: openai.AzureOpenAI):
+    """The engine's compact form: field names once, each post a row of values, the first its id."""
+    compact = {"fields": ["id", "post_text", "author"],
+               "posts": [[0, NEGATIVE, "Happy Sunshine Lover"], [1, POSITIVE, "awful"], [2, NEUTRAL, "x"]]}
+    completion = client.chat.completions.parse(
+        model=DEPLOYMENT, messages=[{"role": "system", "content": "Classify."}, *_user(json.dumps(compact))],
+        response_format=BatchSentiment,
+    )
+    items = completion.choices[0].message.parsed.items
+    assert [(i.id, i.sentiment.label) for i in items] == [("0", "negative"), ("1", "positive"), ("2", "neutral")]
+
+
+def test_an_answer_stops_at_max_tokens(emulator: AzureOpenAIEmulator, client: openai.AzureOpenAI):
+    """As a model does: the content is cut at max_tokens and finish_reason says length; it answers no post."""
+    posts = json.dumps({"posts": [{"id": str(i), "post_text": POSITIVE} for i in range(4)]})
+    whole = client.chat.completions.create(model=DEPLOYMENT, messages=_user(posts), response_format=_schema_of(BatchSentiment))
+    cut = client.chat.completions.create(model=DEPLOYMENT, messages=_user(posts), response_format=_schema_of(BatchSentiment),
+                                         max_tokens=whole.usage.completion_tokens // 2)
+    assert whole.choices[0].finish_reason == "stop" and json.loads(whole.choices[0].message.content)
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens <= whole.usage.completion_tokens // 2
+    assert whole.choices[0].message.content.startswith(cut.choices[0].message.content)
+    with pytest.raises(ValueError):
+        json.loads(cut.choices[0].message.content)
+    assert emulator.stats["posts_answered"] == 4  # the whole answer's posts only
+
+
+def _schema_of(model: type) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
+
+
 @pytest.mark.parametrize(
     "post",
     [
@@ -135,9 +166,9 @@ def test_stats_fields_and_reset(emulator: AzureOpenAIEmulator, client: openai.Az
         client.chat.completions.create(model=DEPLOYMENT, messages=_user(f"{FAULT_MARKER}drop"))
     emulator.settings.requests_per_minute = 60
     emulator.settings.rate_window_seconds = 1.0
-    limited = client.chat.completions.create(model="gpt-4o", messages=_user(NEUTRAL), max_tokens=5)
+    limited = client.chat.completions.create(model="gpt-4o", messages=_user(NEUTRAL), max_tokens=40)
     with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model="gpt-4o", messages=_user(NEUTRAL), max_tokens=5)
+        client.chat.completions.create(model="gpt-4o", messages=_user(NEUTRAL), max_tokens=40)
 
     stats = emulator.stats
     answers = (batch, single, limited)
@@ -167,7 +198,8 @@ def test_stats_fields_and_reset(emulator: AzureOpenAIEmulator, client: openai.Az
     emulator.reset_stats()
     reset = emulator.stats
     assert reset["started_at"] >= before and reset["uptime_seconds"] < 1
-    zeroed = {k: v for k, v in reset.items() if k not in ("started_at", "uptime_seconds")}
+    per_deployment = ("by_deployment", "enqueued_tokens")  # see test_emulator_deployments and _batch_quota
+    zeroed = {k: v for k, v in reset.items() if k not in ("started_at", "uptime_seconds", *per_deployment)}
     assert zeroed == {
         "requests": 0, "by_status": {}, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
         "rate_limit_tokens": 0, "throttled": 0, "faults": {}, "posts_answered": 0, "in_flight": 0, "max_in_flight": 0,

@@ -23,8 +23,9 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import openai
 from pydantic import BaseModel, Field
@@ -33,13 +34,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from social_enrich.config import InferenceConfig, RetryConfig
 from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.credentials import SECRET_ENDPOINT_FIELD, SECRET_NAME_VAR, resolve_credentials
+from social_enrich.inference.azure_deployment import ENDPOINT_VAR, AzureDeployment, SettingNames
+from social_enrich.inference.output_budget import OutputBudget
 from social_enrich.inference.packing import MatchedAnswer, UnreadableAnswer, build_messages, match_answer, response_format
 from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
-from social_enrich.inference.rate_limiter import AdaptiveConcurrency, RequestPacer
 from social_enrich.inference.token_budget import estimate_request_tokens
 from social_enrich.inference.usage import Usage
 
-ENDPOINT_VAR = "AZURE_OPENAI_ENDPOINT"
 THROTTLED = "HTTP 429"
 ANSWER_OVERHEAD_TOKENS = 8  # {"results":[...]} around the items
 RETRYABLE_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
@@ -105,24 +106,22 @@ class AzureOpenAISettings(BaseModel):
 
     def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
         args, settings = self._connection()
-        return AzureOpenAIProvider(args, self._deployed(inference), response_model, settings, self.deployment, self.model_version)
-
-    def _deployed(self, inference: InferenceConfig) -> InferenceConfig:
-        """The job's settings with this deployment's quota, where the deployment states one."""
-        limits = inference.rate_limit
-        quota = limits.model_copy(update={
-            "requests_per_minute": self.requests_per_minute or limits.requests_per_minute,
-            "tokens_per_minute": self.tokens_per_minute or limits.tokens_per_minute,
-        })
-        return inference.model_copy(update={"rate_limit": quota})
+        quota = deployed_quota(inference, self.requests_per_minute, self.tokens_per_minute)
+        deployment = AzureDeployment(self.deployment or inference.model, args, quota, inference.workers, settings)
+        return AzureOpenAIProvider([deployment], inference, response_model, self.model_version)
 
 
-@dataclass(frozen=True)
-class SettingNames:
-    """Where the user sets the key and the endpoint, as error messages name them."""
+def deployed_quota(inference: InferenceConfig, requests_per_minute: int | None, tokens_per_minute: int | None) -> Any:
+    """The job's rate limit with a deployment's own quota, where the deployment states one."""
+    limits = inference.rate_limit
+    return limits.model_copy(update={
+        "requests_per_minute": requests_per_minute or limits.requests_per_minute,
+        "tokens_per_minute": tokens_per_minute or limits.tokens_per_minute,
+    })
 
-    key: str = "the Azure OpenAI key"
-    endpoint: str = f"${ENDPOINT_VAR}"
+
+# What a deployment's attempt came to, as a pool's circuit breaker hears it.
+Heard = Literal["answered", "throttled", "server_error", "connection_error", "timeout", "rejected"]
 
 
 class _Transient(Exception):
@@ -186,6 +185,9 @@ def _waiter(retry: RetryConfig) -> Callable[[RetryCallState], float]:
 
 
 class AzureOpenAIProvider:
+    """Scores posts through one deployment; a subclass (the pool) routes among several by overriding
+    :meth:`choose_deployment` and :meth:`heard`."""
+
     caches_responses = True
     Config = AzureOpenAISettings
 
@@ -193,30 +195,57 @@ class AzureOpenAIProvider:
     def from_config(cls, config: AzureOpenAISettings, job: Any) -> AzureOpenAIProvider:
         return config.build_provider(job.inference, job.response_model)
 
-    def __init__(self, client_args: dict[str, Any], inference: InferenceConfig, response_model: type[BaseModel],
-                 setting_names: SettingNames = SettingNames(), deployment: str | None = None,
+    def __init__(self, deployments: list[AzureDeployment], inference: InferenceConfig, response_model: type[BaseModel],
                  model_version: str | None = None) -> None:
         self.model_id = inference.model
-        self.deployment = deployment or inference.model
+        self.deployments = deployments
         # The model and its version, not the deployment: two deployments of one model share answers.
         self.cache_identity = f"{inference.model}@{model_version}" if model_version else inference.model
-        self._client_args = client_args
-        self.setting_names = setting_names
         self.inference = inference
         self.response_model = response_model
         self.response_format = response_format(response_model)
-        limits = inference.rate_limit
-        self.pacer = RequestPacer(limits.requests_per_minute, limits.tokens_per_minute, limits.headroom)
-        self._concurrency_start = min(4, inference.workers)
-        self.usage = Usage()  # over the provider's life; callers take differences
-        self.peak_concurrency = 0
+        self.output_budget = OutputBudget(inference.max_output_tokens_per_post, ANSWER_OVERHEAD_TOKENS)
+        self.usage = Usage()  # over the provider's life, all deployments; callers take differences
+
+    @property
+    def deployment(self) -> str:
+        """The (first) deployment's name: the one a Batch run of this provider submits to."""
+        return self.deployments[0].name
+
+    @property
+    def pacer(self) -> Any:
+        return self.deployments[0].pacer
+
+    @property
+    def peak_concurrency(self) -> int:
+        return max(d.peak_concurrency for d in self.deployments)
+
+    def usage_by_deployment(self) -> dict[str, Usage]:
+        return {d.name: replace(d.usage) for d in self.deployments}
 
     def __repr__(self) -> str:  # never show the key
-        return f"AzureOpenAIProvider(deployment={self.deployment!r}, endpoint={self._client_args['azure_endpoint']!r})"
+        return f"{type(self).__name__}({', '.join(map(repr, self.deployments))})"
 
     def batch_client(self) -> openai.AzureOpenAI:
-        """A client for the Files and Batches APIs; the SDK's own retries suit these few calls."""
-        return openai.AzureOpenAI(**{**self._client_args, "max_retries": 2})
+        return self.deployments[0].batch_client()
+
+    async def choose_deployment(self, prompt_tokens: int, max_tokens: int) -> AzureDeployment:
+        """The deployment the next attempt goes to."""
+        return self.deployments[0]
+
+    def heard(self, deployment: AzureDeployment, what: Heard) -> None:
+        """What an attempt on ``deployment`` came to; one deployment has nothing to decide from it."""
+
+    def stop_after_rejection(self, deployment: AzureDeployment, message: str, rejections: Counter[str]) -> str | None:
+        """What a run stops with after ``deployment`` rejected it with ``message`` (``rejections``: every
+        rejection of the run so far, this one included), or None to go on."""
+        return message if rejections[message] >= STOP_AFTER_REJECTIONS else None
+
+    def count(self, deployment: AzureDeployment, **figures: int) -> None:
+        """Add to the usage of the provider and of the deployment alike."""
+        for usage in (self.usage, deployment.usage):
+            for name, value in figures.items():
+                setattr(usage, name, getattr(usage, name) + value)
 
     def score(self, posts: Sequence[PostToScore], on_result: ResultCallback | None = None) -> list[ScoreResult]:
         """One result per post; raises :class:`EndpointRejectedError` when the endpoint rejects the run
@@ -233,11 +262,11 @@ class AzureOpenAIProvider:
             if on_result:
                 on_result(position, result)
 
-        # Concurrency objects belong to one event loop; the limit it reached carries over to the next call.
-        concurrency = AdaptiveConcurrency(self.inference.workers, start=self._concurrency_start)
         size = self.inference.posts_per_request
-        async with openai.AsyncAzureOpenAI(**self._client_args) as client:
-            run = _PackRun(self, client, concurrency, posts, settle)
+        async with AsyncExitStack() as sessions:
+            for deployment in self.deployments:
+                await sessions.enter_async_context(deployment.session())
+            run = _PackRun(self, posts, settle)
             packs = [list(range(start, min(start + size, len(posts)))) for start in range(0, len(posts), size)]
             try:
                 await asyncio.gather(*(run.settle_pack(pack) for pack in packs))
@@ -251,48 +280,25 @@ class AzureOpenAIProvider:
         if run.rejections and not run.answered:
             # Too few requests to reach the stop, and each was rejected: the run is no better off.
             raise EndpointRejectedError(run.rejections.most_common(1)[0][0])
-        self._concurrency_start = concurrency.limit
-        self.peak_concurrency = max(self.peak_concurrency, concurrency.peak)
         return [r if r is not None else ScoreResult.failed("no answer was recorded") for r in results]
-
-    def rejection(self, status: int, code: str | None, server_message: str) -> str:
-        """The cause and the remedy of an HTTP status in REJECTING_STATUSES, in one line."""
-        endpoint, deployment, names = self._client_args["azure_endpoint"], self.deployment, self.setting_names
-        if status == 404 and code == "DeploymentNotFound":
-            return f"HTTP 404: no deployment named {deployment} at {endpoint}: check inference.model / $AZURE_OPENAI_DEPLOYMENT"
-        if status == 404:
-            return (f"HTTP 404 from {endpoint} for deployment {deployment} ({server_message}): check the endpoint "
-                    f"in {names.endpoint} and api_version {self._client_args['api_version']}")
-        if status == 403:
-            return (f"HTTP 403 from {endpoint} for deployment {deployment} ({server_message}): check that the key in "
-                    f"{names.key} may use this resource, and that its network rules admit this host")
-        return f"HTTP {status} from {endpoint} for deployment {deployment}: check the key in {names.key}"
-
-    def cannot_connect(self, reason: str) -> str:
-        return f"cannot connect to {self._client_args['azure_endpoint']} ({reason}): check {self.setting_names.endpoint}"
-
-    def without_key(self, text: str) -> str:
-        """``text`` on one line, at most 200 characters, and never the key (should a server echo it)."""
-        key = self._client_args["api_key"]
-        if len(key) >= 8:  # a real key is 32 characters; a one-letter test key would garble the text
-            text = text.replace(key, "<key>")
-        return " ".join(text.split())[:200]
 
 
 class _PackRun:
     """One ``score`` call: sends packs, splits and retries them, and settles every post exactly once."""
 
-    def __init__(self, provider: AzureOpenAIProvider, client: openai.AsyncAzureOpenAI, concurrency: AdaptiveConcurrency, posts: Sequence[PostToScore], settle: Callable[[int, ScoreResult], None]) -> None:
-        self.p, self.client, self.concurrency, self.posts, self.settle = provider, client, concurrency, posts, settle
+    def __init__(self, provider: AzureOpenAIProvider, posts: Sequence[PostToScore], settle: Callable[[int, ScoreResult], None]) -> None:
+        self.p, self.posts, self.settle = provider, posts, settle
         self.rejections: Counter[str] = Counter()  # message -> times: the endpoint rejecting the run itself
         self.answered = False  # an answer (HTTP 200) came back
         self.stop: EndpointRejectedError | None = None
 
-    def _rejected(self, message: str) -> None:
-        """Count a rejection; at the STOP_AFTER_REJECTIONS-th identical one, stop the run."""
+    def _rejected(self, d: AzureDeployment, message: str) -> None:
+        """Count a rejection; stop the run when the provider says so (one deployment: at the
+        STOP_AFTER_REJECTIONS-th identical one)."""
         self.rejections[message] += 1
-        if self.rejections[message] >= STOP_AFTER_REJECTIONS:
-            self.stop = self.stop or EndpointRejectedError(message)
+        stop = self.p.stop_after_rejection(d, message, self.rejections)
+        if stop is not None:
+            self.stop = self.stop or EndpointRejectedError(stop)
             raise self.stop
 
     async def settle_pack(self, pack: list[int]) -> None:
@@ -332,10 +338,8 @@ class _PackRun:
         try:
             async for attempt in retrying:
                 with attempt:
-                    if errors:
-                        self.p.usage.retries += 1
                     try:
-                        return await self._attempt(posts)
+                        return await self._attempt(posts, retry=bool(errors))
                     except _Transient as e:
                         errors.append(e.reason)
                         raise
@@ -344,71 +348,94 @@ class _PackRun:
             return _Outcome("failed", f"gave up after {len(errors)} attempts: {summary}")
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _attempt(self, posts: list[PostToScore]) -> _Outcome:
+    async def _attempt(self, posts: list[PostToScore], retry: bool) -> _Outcome:
         p = self.p
         messages = build_messages(p.inference.prompt, posts)
-        max_tokens = ANSWER_OVERHEAD_TOKENS + len(posts) * p.inference.max_output_tokens_per_post
-        cost = estimate_request_tokens(messages, p.response_format, max_tokens)
-        async with self.concurrency:
-            await p.pacer.wait_turn(cost)
+        prompt_tokens = estimate_request_tokens(messages, p.response_format, 0)
+        d = await p.choose_deployment(prompt_tokens, p.output_budget.max_tokens(len(posts)))
+        assert d.client is not None, "a deployment is used inside its session"
+        at = f" at {d.name}" if len(p.deployments) > 1 else ""  # a pool's failures name the deployment
+        async with d.concurrency:
+            # Reserved once a request may start, not when it was queued: by then more answers are known.
+            max_tokens = p.output_budget.max_tokens(len(posts))
+            cost = d.calibration.charge(prompt_tokens) + max_tokens
+            await d.pacer.wait_turn(cost)
             if self.stop is not None:
                 raise self.stop  # the endpoint rejected the run: start nothing more
-            p.usage.requests += 1
+            p.count(d, requests=1, retries=int(retry))
             rejection, connect_failed = None, False
             try:
-                raw = await self.client.chat.completions.with_raw_response.create(
-                    model=p.deployment, messages=messages, response_format=p.response_format, max_tokens=max_tokens  # type: ignore[arg-type]
+                raw = await d.client.chat.completions.with_raw_response.create(
+                    model=d.name, messages=messages, response_format=p.response_format, max_tokens=max_tokens  # type: ignore[arg-type]
                 )
             except openai.RateLimitError as e:
-                p.usage.throttled += 1
+                p.count(d, throttled=1)
+                p.heard(d, "throttled")
                 wait = _retry_after(e.response.headers) or 1.0
-                p.pacer.on_throttled(wait)
-                self.concurrency.on_throttled()
+                d.pacer.on_throttled(wait)
+                d.concurrency.on_throttled()
                 raise _Transient(THROTTLED, wait) from None
             except openai.APIStatusError as e:
                 if e.status_code == 400 and e.code == "content_filter":
                     return _Outcome("filtered", FILTERED_PROMPT)
                 if e.status_code in RETRYABLE_STATUSES:
-                    raise _Transient(f"HTTP {e.status_code}", _retry_after(e.response.headers)) from None
+                    p.count(d, errors=1)
+                    p.heard(d, "server_error")
+                    raise _Transient(f"HTTP {e.status_code}{at}", _retry_after(e.response.headers)) from None
                 if e.status_code not in REJECTING_STATUSES:
                     # The message is the server's; the SDK never puts the key in it.
                     return _Outcome("failed", f"HTTP {e.status_code} from Azure OpenAI: {e.message}")
-                rejection = p.rejection(e.status_code, e.code, p.without_key(_server_message(e)))
+                rejection = d.rejection(e.status_code, e.code, d.without_key(_server_message(e)))
             except openai.APITimeoutError:
-                raise _Transient("timeout") from None
+                p.count(d, errors=1)
+                p.heard(d, "timeout")
+                raise _Transient(f"timeout{at}") from None
             except openai.APIConnectionError as e:
                 # A failed connect before any answer is a wrong endpoint (host, port, name), not a blip:
                 # it counts towards the stop like a 401, while each request still gets its retries until then.
                 # Once something has answered, the endpoint exists, and a failed connect is only retried.
+                p.count(d, errors=1)
+                p.heard(d, "connection_error")
                 reason = _connect_failure(e)
-                if reason is None or self.answered:
-                    raise _Transient("connection error") from None
-                rejection, connect_failed = p.cannot_connect(reason), True
+                if reason is None or self.answered or len(p.deployments) > 1:
+                    raise _Transient(f"connection error{at}") from None
+                rejection, connect_failed = d.cannot_connect(reason), True
             if rejection is not None:
                 # Counted outside the except blocks, so an EndpointRejectedError chains to no SDK error.
-                self._rejected(rejection)
+                p.heard(d, "rejected")
+                self._rejected(d, rejection)
                 if connect_failed:
                     raise _Transient("connection error")
+                if len(p.deployments) > 1:  # a pool: another deployment may take it
+                    raise _Transient(rejection)
                 return _Outcome("failed", rejection)
             self.answered = True
-            p.pacer.on_answer()
-            self.concurrency.on_answer(
+            p.heard(d, "answered")
+            d.pacer.on_answer()
+            # A paced deployment's pacer keeps it under its quota, and leaves the server little room on
+            # purpose: that room must not shrink the concurrency, or the pace could not be kept.
+            room = (None, None) if d.paced else (
                 _header_int(raw.headers, "x-ratelimit-remaining-requests"),
                 _header_int(raw.headers, "x-ratelimit-remaining-tokens"),
-                cost,
             )
+            d.concurrency.on_answer(*room, cost)
         try:
             completion = raw.parse()
         except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose body is not a chat completion
             raise _Transient(f"unreadable response body: {type(e).__name__}") from None
-        return self._read(completion.model_dump(), len(posts))
+        return self._read(d, completion.model_dump(), len(posts), prompt_tokens)
 
-    def _read(self, completion: dict[str, Any], size: int) -> _Outcome:
-        answer = read_completion(completion, size, self.p.response_model)
-        usage = self.p.usage  # in place: the provider's usage is read while its requests run
-        usage.prompt_tokens += answer.usage.prompt_tokens
-        usage.completion_tokens += answer.usage.completion_tokens
-        usage.cached_tokens += answer.usage.cached_tokens
+    def _read(self, d: AzureDeployment, completion: dict[str, Any], size: int, prompt_estimate: int) -> _Outcome:
+        p = self.p
+        answer = read_completion(completion, size, p.response_model)
+        # In place: the provider's usage is read while its requests run.
+        p.count(d, prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
+                cached_tokens=answer.usage.cached_tokens, answers_cut_off=answer.usage.answers_cut_off)
+        d.calibration.observe(prompt_estimate, answer.usage.prompt_tokens)
+        if answer.usage.answers_cut_off:
+            p.output_budget.on_cut_off()
+        elif answer.kind == "answered" and not answer.matched.problems:
+            p.output_budget.observe(answer.usage.completion_tokens, size)
         if answer.kind == "filtered":
             return _Outcome("filtered", answer.reason)
         if answer.kind == "refused":
@@ -450,6 +477,8 @@ def read_completion(body: dict[str, Any], size: int, response_model: type[BaseMo
     try:
         matched = match_answer(message.get("content"), size, response_model)
     except UnreadableAnswer as e:
-        reason = "the answer was cut off at max_tokens" if choice.get("finish_reason") == "length" else str(e)
-        return CompletionAnswer("unreadable", usage, reason)
+        if choice.get("finish_reason") == "length":
+            usage.answers_cut_off = 1
+            return CompletionAnswer("unreadable", usage, "the answer was cut off at max_tokens")
+        return CompletionAnswer("unreadable", usage, str(e))
     return CompletionAnswer("answered", usage, matched=matched)

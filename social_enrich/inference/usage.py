@@ -12,9 +12,11 @@ class Usage:
     requests: int = 0  # attempts sent, retries and splits included
     retries: int = 0
     throttled: int = 0  # answered 429
+    errors: int = 0  # attempts that failed in passing otherwise: a 5xx, a dropped connection, a timeout
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # part of prompt_tokens served from Azure's prompt cache
+    answers_cut_off: int = 0  # answers that stopped at max_tokens (their posts were asked again)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})

@@ -29,6 +29,9 @@ Layout, one concept per module:
 * ``faults``: fault names, markers, and :func:`pick_fault` for random faults by share.
 * ``latency``: :func:`reply_delay`, pure: how long to hold a reply.
 * ``rate_limits``: the sliding-window per-deployment limiter.
+* ``outages``: outages on command per deployment (503s, a 429 storm, refused connections).
+* ``own_endpoints``: a deployment served on its own port, which ``refuse`` closes and reopens.
+* ``batch_quota``: Global Batch's enqueued-token quota per deployment.
 * ``prompt_cache``: Azure prompt caching, simplified (``usage.prompt_tokens_details.cached_tokens``).
 * ``randomness``: the emulator's seeded RNGs.  ``stats``: counters and snapshot.
 * ``files``: the Files API: an in-memory file store and multipart uploads.
@@ -36,8 +39,23 @@ Layout, one concept per module:
 * ``server``: HTTP plumbing and :class:`AzureOpenAIEmulator` (a daemon thread; context manager).
 * ``cli``: the command line.
 
-A chat request goes: route and auth -> deployment -> answer built -> rate limit (429 if over; a
-rejected request consumes no quota) -> one random-fault draw -> prompt cache -> latency -> answer.
+A chat request goes: route and auth -> deployment -> outage (if one is on) -> answer built -> rate
+limit (429 if over; a rejected request consumes no quota) -> one random-fault draw -> prompt cache
+-> latency -> answer.
+
+A pool of deployments.  Each deployment has its own rate-limit window; ``deployment_limits`` gives
+one its own (rpm, tpm) instead of ``requests_per_minute`` / ``tokens_per_minute``.  The stats count
+per deployment too (``by_deployment``).  ``emu.endpoint_of(name)`` serves a deployment on a port of
+its own as well (``own_endpoints=True``: all of them, at start), sharing all state with ``endpoint``.
+``emu.fail_deployment(name, mode)`` / ``emu.restore_deployment(name)``, or ``POST
+/control/deployments/<name>`` with ``{"mode": ...}`` (no api-key; main endpoint only; ``GET
+/control/deployments`` lists every state), put one down and back:
+
+* ``http_503``: every chat request answers 503 ServiceUnavailable, consuming no quota;
+* ``throttle``: every chat request answers 429 with retry-after-ms 1000, whatever its quota;
+* ``refuse``: its own endpoint stops listening (a connect fails with ECONNREFUSED) and reopens on
+  the same port when restored; on the main endpoint its requests are read and the connection is
+  closed without a response (the client sees the server disconnect, not a refused connect).
 
 Faults.  Put ``EMULATOR_FAULT:<name>`` anywhere in a user message (it applies to the whole request),
 or set ``share_<name>`` to fault that share of admitted requests at random (seeded by ``seed``):
@@ -76,8 +94,15 @@ null}`` lines in shuffled order (join on custom_id); the error file, only when t
 holds lines answered with an error (``response.status_code`` 4xx/5xx, ``body: {"error": ...}``;
 markers work as on the chat route, and drop/timeout become 500s) and lines never answered
 (``"response": null, "error": {"code": "batch_expired" | "batch_cancelled", "message"}``).
-``request_counts.completed`` counts output lines, ``failed`` error lines.  Realtime rate limits and
-random faults do not apply to batch lines.
+``request_counts.completed`` counts output lines, ``failed`` error lines.  Realtime rate limits,
+outages and random faults do not apply to batch lines.
+
+The enqueued-token quota: the tokens of a deployment's batches not yet final (validating,
+in_progress, finalizing, cancelling) may not pass ``batch_enqueued_token_limit`` (or its entry in
+``deployment_batch_limits``; None: unlimited, the default).  A batch that would pass it fails
+validation with code ``token_limit_exceeded``.  A batch's tokens: ``rate_limit_tokens`` of each line's
+body (prompt estimate plus max_tokens), summed.  ``emu.enqueued_tokens(name)`` and the stats'
+``enqueued_tokens`` say what is enqueued now.
 
 Batch failure modes, one outcome per batch, fixed at creation: the next scripted one
 (``emu.script_batches("expired", "completed", "failed", "stuck", "error_lines")``), else drawn with
@@ -98,15 +123,18 @@ from .chat import build_chat_reply
 from .cli import main
 from .faults import FAULT_MARKER, pick_fault
 from .latency import jitter_factor, reply_delay
+from .outages import OUTAGE_MODES
 from .prompt import prompt_tokens_estimate, rate_limit_tokens
 from .replies import Reply, error_reply
 from .schema_filler import fill_schema
 from .server import AzureOpenAIEmulator
-from .settings import EmulatorSettings, SettingsError
+from .settings import DeploymentLimits, EmulatorSettings, SettingsError
 
 __all__ = [
     "AzureOpenAIEmulator",
+    "DeploymentLimits",
     "EmulatorSettings",
+    "OUTAGE_MODES",
     "SettingsError",
     "Reply",
     "build_chat_reply",

@@ -20,7 +20,9 @@ reaches its final status, each with :func:`~.chat.build_chat_reply` exactly as t
 answers the same body (realtime rate limits and random faults do not apply).
 
 The outcome of each batch is fixed at creation: the next scripted one (:meth:`BatchStore.script`),
-else drawn from the ``batch_share_*`` settings with the emulator's seed.
+else drawn from the ``batch_share_*`` settings with the emulator's seed.  A batch with good input
+that would take its deployment past its enqueued-token limit fails validation instead, with code
+``token_limit_exceeded`` (see :mod:`.batch_quota`; checked at creation, seen when validation ends).
 
 Cancelling a validating, in-progress or finalizing batch answers ``cancelling``; the next read finds
 it ``cancelled``, with ``batch_expired_completed_share`` of its lines answered (none if it was still
@@ -49,6 +51,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .batch_quota import ENQUEUED_STATUSES, batch_tokens, quota_error
 from .chat import build_chat_reply
 from .files import FileStore, bad_request, list_page, not_found
 from .replies import Reply, error_reply
@@ -100,6 +103,8 @@ class ValidatedInput:
     requests: list[BatchRequest] = field(default_factory=list)
     deployment: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # What the requests enqueue against the deployment's enqueued-token quota (see batch_quota).
+    tokens: int = 0
 
 
 class _LineError(ValueError):
@@ -230,6 +235,20 @@ class Batch:
     def status(self) -> str:
         with self._lock:
             return self._status
+
+    @property
+    def deployment(self) -> str | None:
+        return self._validated.deployment
+
+    def enqueued_tokens(self) -> int:
+        """What this batch counts against its deployment's enqueued-token quota now (as last advanced).
+
+        A batch that fails validation was never enqueued: it counts nothing, even while validating.
+        """
+        with self._lock:
+            if self._validated.errors or self._status not in ENQUEUED_STATUSES:
+                return 0
+            return self._validated.tokens
 
     def advance(self) -> None:
         """Bring the status up to now (answering the lines when the batch ends)."""
@@ -400,6 +419,7 @@ class BatchStore:
 
     def create(self, params: dict[str, Any], settings: EmulatorSettings) -> Batch:
         validated = self._validate(params, settings)  # outside the lock: a big file takes a while
+        self.advance_all()  # batches whose time is up end now, and stop counting as enqueued
         with self._lock:
             if self._seed != settings.seed:
                 self._seed = settings.seed
@@ -409,6 +429,13 @@ class BatchStore:
             outcome = scripted or _drawn_outcome(settings, draw)
             if outcome == "failed" and not validated.errors:
                 validated.errors.append(_error("invalid_request", "The batch failed validation (emulated failure)."))
+            if not validated.errors and validated.deployment is not None:
+                # Checked and enqueued under one lock, so two batches created at once can't both slip in.
+                deployment = validated.deployment
+                limit = settings.batch_limit_of(deployment)
+                problem = quota_error(deployment, validated.tokens, self._enqueued(deployment), limit)
+                if problem is not None:
+                    validated.errors.append(_error("token_limit_exceeded", problem))
             error_line_share = settings.batch_share_error_lines if scripted is None else 0.0
             partial_share = settings.batch_expired_completed_share
             plan = _Plan(outcome, seed, settings.batch_completion_seconds, error_line_share, partial_share)
@@ -449,7 +476,28 @@ class BatchStore:
             return ValidatedInput(errors=errors)
         validated = validate_input(input_file.data, settings.deployments)
         validated.errors[:0] = errors
+        validated.tokens = batch_tokens(request.body for request in validated.requests)
         return validated
+
+    def _enqueued(self, deployment: str) -> int:
+        """Tokens of ``deployment``'s batches not final yet; under self._lock."""
+        total = 0
+        for batch in self._batches.values():
+            if batch.deployment == deployment:
+                batch.advance()  # cheap: create() advanced every batch just before taking the lock
+                total += batch.enqueued_tokens()
+        return total
+
+    def enqueued_tokens(self) -> dict[str, int]:
+        """Deployment -> tokens of its batches not final yet (deployments with none left out)."""
+        self.advance_all()
+        totals: dict[str, int] = {}
+        with self._lock:
+            for batch in self._batches.values():
+                tokens = batch.enqueued_tokens()
+                if tokens and batch.deployment is not None:
+                    totals[batch.deployment] = totals.get(batch.deployment, 0) + tokens
+        return totals
 
 
 def _drawn_outcome(settings: EmulatorSettings, draw: float) -> str:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from .faults import ANSWER_FAULTS, KNOWN_MARKERS, NO_ANSWER_FAULTS, markers_in
-from .prompt import estimate_tokens, extract_posts, prompt_tokens_estimate, single_post_text, user_texts
+from .prompt import estimate_tokens, extract_posts, max_output_tokens, prompt_tokens_estimate, single_post_text, user_texts
 from .replies import Reply, content_filter_error, error_reply, filter_results
 from .schema_filler import fill_answer
 from .sentiment import sentiment_of
@@ -89,9 +89,13 @@ def _chat_reply(
             content = content[: max(1, len(content) // 2)] if _is_json_format(response_format) else _TRUNCATED_LITERAL
             posts = 0
 
+    choice_count = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    most = max_output_tokens(body)  # over all choices
+    if content and most is not None and estimate_tokens(len(content)) > most // choice_count:
+        # A model stops at max_tokens, mid-answer: the content is cut and says so.
+        content, finish_reason, posts = content[: most // choice_count * 4], "length", 0
     prompt_tokens = prompt_tokens_estimate(body)
     completion_tokens = estimate_tokens(len(content)) if content else 0
-    choice_count = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
     completion_tokens *= choice_count
     payload = {
         "id": completion_id,

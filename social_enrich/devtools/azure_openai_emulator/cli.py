@@ -1,7 +1,8 @@
 """``python -m social_enrich.devtools.azure_openai_emulator``: serve until Ctrl-C or SIGTERM.
 
 The endpoint is printed alone on the first line of stdout, so a script can start the emulator on
-port 0 and read where it landed.
+port 0 and read where it landed.  With ``--own-endpoints`` every deployment is served on a port
+of its own too; ``GET <endpoint>/control/deployments`` lists them.
 """
 
 from __future__ import annotations
@@ -39,11 +40,46 @@ _SETTING_FLAGS: list[tuple[str, str, type, str]] = [
     ("--batch-share-expired", "batch_share_expired", float, "share (0..1) of batches that expire"),
     ("--batch-share-failed", "batch_share_failed", float, "share (0..1) of batches that fail validation"),
     (
+        "--batch-enqueued-token-limit", "batch_enqueued_token_limit", int,
+        "tokens of not-yet-final batches a deployment may have enqueued (Azure: 1e9 for gpt-4o-mini)",
+    ),
+    (
         "--batch-expired-completed-share", "batch_expired_completed_share", float,
         "share (0..1) of its lines an expired or cancelled batch answers",
     ),  # fmt: skip
 ]
-_FLAG_OF = {name: flag for flag, name, _, _ in _SETTING_FLAGS} | {"deployments": "--deployment"}
+# Repeatable NAME:VALUE... flags building a per-deployment mapping: (flag, settings field, value count, help).
+_DEPLOYMENT_FLAGS: list[tuple[str, str, int, str]] = [
+    (
+        "--deployment-limit", "deployment_limits", 2,
+        "NAME:RPM:TPM, repeatable: that deployment's own limits instead of --rpm/--tpm (empty: unlimited)",
+    ),
+    (
+        "--deployment-batch-limit", "deployment_batch_limits", 1,
+        "NAME:TOKENS, repeatable: that deployment's own --batch-enqueued-token-limit (empty: unlimited)",
+    ),
+]  # fmt: skip
+_FLAG_OF = (
+    {name: flag for flag, name, _, _ in _SETTING_FLAGS}
+    | {name: flag for flag, name, _, _ in _DEPLOYMENT_FLAGS}
+    | {"deployments": "--deployment"}
+)
+
+
+def _deployment_values(count: int) -> Any:
+    """The argparse type of a NAME:V1[:V2] flag: (name, values), each value an int or None when empty."""
+
+    def parse(text: str) -> tuple[str, tuple[int | None, ...]]:
+        name, *values = text.rsplit(":", count)
+        if not name or len(values) != count:
+            shape = ":".join(["NAME", *(["N"] * count)])
+            raise argparse.ArgumentTypeError(f"expected {shape}, got {text!r}")
+        try:
+            return name, tuple(int(v) if v.strip() else None for v in values)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"values must be integers or empty, got {text!r}") from None
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,9 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--deployment", action="append", help="repeatable; default gpt-4o-mini")
+    parser.add_argument(
+        "--own-endpoints", action="store_true", help="serve each deployment on its own port too (outages can refuse it)"
+    )
     for flag, name, kind, help_text in _SETTING_FLAGS:
         default = getattr(_DEFAULTS, name)
         parser.add_argument(flag, dest=name, type=kind, default=default, help=f"{help_text} (default: {default})")
+    for flag, name, count, help_text in _DEPLOYMENT_FLAGS:
+        metavar = help_text.split(",")[0]
+        kind = _deployment_values(count)
+        parser.add_argument(flag, dest=name, type=kind, action="append", default=[], metavar=metavar, help=help_text)
     return parser
 
 
@@ -70,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     values = {name: getattr(args, name) for _, name, _, _ in _SETTING_FLAGS}
     if args.deployment:
         values["deployments"] = tuple(args.deployment)
+    for flag, name, count, _ in _DEPLOYMENT_FLAGS:
+        pairs: list[tuple[str, tuple[int | None, ...]]] = getattr(args, name)
+        names = [deployment for deployment, _ in pairs]
+        repeated = sorted({d for d in names if names.count(d) > 1})
+        if repeated:
+            parser.error(f"argument {flag}: names {', '.join(repeated)} more than once")
+        values[name] = {deployment: limits if count > 1 else limits[0] for deployment, limits in pairs}
     try:
         settings = EmulatorSettings(**values)
     except SettingsError as exc:
@@ -78,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument {flags}: {exc.problem}")
     # SIGTERM takes the same clean path as Ctrl-C, so the socket is closed properly.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with AzureOpenAIEmulator(settings, host=args.host, port=args.port) as emulator:
+    with AzureOpenAIEmulator(settings, host=args.host, port=args.port, own_endpoints=args.own_endpoints) as emulator:
         print(emulator.endpoint, flush=True)
         try:
             while True:

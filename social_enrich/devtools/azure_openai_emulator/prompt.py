@@ -96,13 +96,29 @@ def cacheable_prefix(body: dict[str, Any]) -> tuple[str, int]:
 
 
 def extract_posts(text: str) -> list[tuple[Any, str]] | None:
-    """``[(id, text), ...]`` if the user message is JSON carrying a list of posts with ids."""
+    """``[(id, text), ...]`` if the user message is JSON carrying a list of posts with ids: objects
+    with an ``id`` each, or the compact form ``{"fields": ["id", ...], "posts": [[id, ...], ...]}``."""
     data = _json(text)
+    compact = _compact_posts(data)
+    if compact is not None:
+        return [(post["id"], post_text(post)) for post in compact]
     candidates = [data] if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else []
     for candidate in candidates:
         if isinstance(candidate, list) and candidate and all(isinstance(p, dict) and "id" in p for p in candidate):
             return [(post["id"], post_text(post)) for post in candidate]
     return None
+
+
+def _compact_posts(data: Any) -> list[dict[str, Any]] | None:
+    """The posts of a compact request as objects (each row's values under the field names), or None."""
+    if not isinstance(data, dict):
+        return None
+    names, rows = data.get("fields"), data.get("posts")
+    if not (isinstance(names, list) and "id" in names and isinstance(rows, list) and rows):
+        return None
+    if not all(isinstance(row, list) and len(row) == len(names) for row in rows):
+        return None
+    return [dict(zip(names, row)) for row in rows]
 
 
 def single_post_text(text: str) -> str:

@@ -5,6 +5,9 @@ short periods (1 s or 10 s), so a burst is throttled well below the per-minute f
 any window of ``rate_window_seconds``, at most ``floor(rpm * window / 60)`` requests and
 ``floor(tpm * window / 60)`` rate-limit tokens are admitted.  A request's token cost is decided on
 arrival (see :func:`~.prompt.rate_limit_tokens`).  A rejected request consumes nothing.
+
+Each deployment has its own window, and its own limits when ``deployment_limits`` names it (else
+the server-wide ``requests_per_minute`` and ``tokens_per_minute``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def _per_window(per_minute: int | None, window: float) -> int | None:
     return None if per_minute is None else math.floor(per_minute * window / 60 + 1e-9)
 
 
+def _allowances(deployment: str, settings: EmulatorSettings) -> tuple[int | None, int | None]:
+    """Requests and tokens ``deployment`` may use per window: its own limits, else the server-wide ones."""
+    rpm, tpm = settings.rate_limits_of(deployment)
+    return _per_window(rpm, settings.rate_window_seconds), _per_window(tpm, settings.rate_window_seconds)
+
+
 class _Window:
     """Admitted requests of one deployment still inside the window: (arrival, cost), oldest first."""
 
@@ -69,8 +78,7 @@ class RateLimiter:
     def admit(self, deployment: str, cost: int, settings: EmulatorSettings) -> Admission:
         """Admit a request costing ``cost`` tokens now, or say when it would fit."""
         window_s = settings.rate_window_seconds
-        max_requests = _per_window(settings.requests_per_minute, window_s)
-        max_tokens = _per_window(settings.tokens_per_minute, window_s)
+        max_requests, max_tokens = _allowances(deployment, settings)
         if max_requests is None and max_tokens is None:
             return Admission(True, UNLIMITED_REQUESTS, UNLIMITED_TOKENS)
         with self._lock:
@@ -109,8 +117,7 @@ class RateLimiter:
     def remaining(self, deployment: str, settings: EmulatorSettings) -> Admission:
         """What remains of ``deployment``'s window now, consuming nothing (for answers not rate-limited)."""
         window_s = settings.rate_window_seconds
-        max_requests = _per_window(settings.requests_per_minute, window_s)
-        max_tokens = _per_window(settings.tokens_per_minute, window_s)
+        max_requests, max_tokens = _allowances(deployment, settings)
         with self._lock:
             window = self._windows.get(deployment)
             if window is not None:

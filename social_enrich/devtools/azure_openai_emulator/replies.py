@@ -27,6 +27,8 @@ class Reply:
     no_answer: str | None = None
     # What the request was charged against the token rate limit; 0 when it was not admitted.
     rate_limit_tokens: int = 0
+    # The configured deployment the request was for, when known (for the per-deployment stats).
+    deployment: str | None = None
 
 
 _AZURE_ERRORS: dict[int, tuple[str, str]] = {

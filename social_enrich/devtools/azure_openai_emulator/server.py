@@ -1,5 +1,6 @@
-"""HTTP plumbing: routing, auth, rate limits, faults and latency around the pure chat builder, and the
-routes of the Files and Batches APIs (their logic lives in ``files`` and ``batches``)."""
+"""HTTP plumbing: routing, auth, rate limits, faults and latency around the pure chat builder, the
+routes of the Files and Batches APIs (their logic lives in ``files`` and ``batches``), and the
+control route that puts deployments down and back (``outages``, ``own_endpoints``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from .batches import BatchStore, batches_api
 from .chat import answer_fault_of, build_chat_reply, with_cached_tokens
 from .files import FileContent, FileStore, files_api
 from .latency import reply_delay
+from .outages import OUTAGE_MODES, Outages, check_mode, outage_reply
+from .own_endpoints import OwnEndpoints
 from .prompt import rate_limit_tokens
 from .prompt_cache import PromptCache
 from .randomness import Randomness
@@ -33,6 +36,9 @@ _DEPLOYMENT_ROUTE = re.compile(r"^/openai/deployments/([^/]+)/chat/completions/?
 _V1_ROUTE = re.compile(r"^/openai/v1/chat/completions/?$")
 # Files and Batches: /openai/{files|batches}[/{id}[/{action}]] with ?api-version=..., or /openai/v1/... without.
 _API_ROUTE = re.compile(r"^/openai(/v1)?/(files|batches)(?:/([^/]+)(?:/([^/]+))?)?/?$")
+# Outages on command: POST /control/deployments/<name> {"mode": ...}; GET /control/deployments.
+# Served on the main endpoint only, without an api-key (it is the test's hand, not a client's).
+_CONTROL_ROUTE = re.compile(r"^/control/deployments(?:/([^/]+))?/?$")
 _UNLIMITED_HEADERS = {
     "x-ratelimit-remaining-requests": str(UNLIMITED_REQUESTS),
     "x-ratelimit-remaining-tokens": str(UNLIMITED_TOKENS),
@@ -65,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if urlsplit(self.path).path.rstrip("/") == "/stats":
             self._send(Reply(200, self.server.emulator.stats_json()), count=False)
-        elif not self._answer_api("GET", raw):
+        elif not self._answer_control("GET", raw) and not self._answer_api("GET", raw):
             self._send(error_reply(404))
 
     def do_DELETE(self) -> None:
@@ -75,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self._read_body()
-        if self._answer_api("POST", raw):
+        if self._answer_control("POST", raw) or self._answer_api("POST", raw):
             return
         emulator = self.server.emulator
         settings = emulator.settings
@@ -107,6 +113,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(error_reply(404))
 
     do_PATCH = do_PUT
+
+    def _answer_control(self, method: str, raw: bytes) -> bool:
+        """Answer a control call; False if the path is not one, or this is an own endpoint (nothing sent)."""
+        route = _CONTROL_ROUTE.match(urlsplit(self.path).path)
+        if route is None or self.server.deployment is not None:
+            return False
+        self._send(_control_answer(self.server.emulator, method, route.group(1), raw), count=False)
+        return True
 
     def _answer_api(self, method: str, raw: bytes) -> bool:
         """Answer a Files or Batches API call; False if the path is not one (nothing sent).
@@ -172,15 +186,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         if route is None:
             deployment = body.get("model") if isinstance(body.get("model"), str) else None
-        if deployment not in settings.deployments:
-            reply = error_reply(
-                404,
-                "DeploymentNotFound",
-                "The API deployment for this resource does not exist. If you created the deployment "
-                "within the last 5 minutes, please wait a moment and try again.",
-            )
-            return self._untouched_quota(reply, None)
+        own = self.server.deployment
+        if deployment not in settings.deployments or (own is not None and deployment != own):
+            return self._untouched_quota(_deployment_not_found(), None)
         assert deployment is not None
+        api_version = (api_versions or ["v1"])[0]
+        outage = emulator._outages.mode_of(deployment)
+        if outage is not None:
+            return self._untouched_quota(outage_reply(outage, api_version), deployment)
 
         def build(**fault: Any) -> Reply:
             return build_chat_reply(
@@ -193,8 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
         admission = emulator._rate_limiter.admit(deployment, cost, settings)
         if not admission.admitted:
             assert admission.limit is not None
-            throttled = throttled_reply(admission.retry_after_seconds, admission.limit, (api_versions or ["v1"])[0])
+            throttled = throttled_reply(admission.retry_after_seconds, admission.limit, api_version)
             throttled.headers.update(admission.headers())
+            throttled.deployment = deployment
             return throttled
 
         # Admitted: from here on the request has consumed quota, whatever happens to it.
@@ -205,13 +219,17 @@ class _Handler(BaseHTTPRequestHandler):
         with_cached_tokens(reply, cached)
         reply.rate_limit_tokens = cost
         reply.headers.update(admission.headers())
+        reply.deployment = deployment
         return reply
 
     def _untouched_quota(self, reply: Reply, deployment: str | None) -> Reply:
-        """``reply`` with the remaining-quota headers of ``deployment``, for answers that consume none."""
+        """``reply`` for ``deployment``, with its remaining-quota headers, for answers that consume none."""
         emulator = self.server.emulator
         if deployment is not None and deployment in emulator.settings.deployments:
-            reply.headers.update(emulator._rate_limiter.remaining(deployment, emulator.settings).headers())
+            # An outage's own headers (a throttle says nothing remains) win over the window's.
+            remaining = emulator._rate_limiter.remaining(deployment, emulator.settings)
+            reply.headers = {**remaining.headers(), **reply.headers}
+            reply.deployment = deployment
         return reply
 
     def _authorised(self, api_key: str) -> bool:
@@ -253,13 +271,55 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def _deployment_not_found() -> Reply:
+    return error_reply(
+        404,
+        "DeploymentNotFound",
+        "The API deployment for this resource does not exist. If you created the deployment "
+        "within the last 5 minutes, please wait a moment and try again.",
+    )
+
+
+def _control_answer(emulator: AzureOpenAIEmulator, method: str, name: str | None, raw: bytes) -> Reply:
+    """``GET /control/deployments`` (every deployment's state) or ``POST /control/deployments/<name>``."""
+    if name is None:
+        if method != "GET":
+            return error_reply(404)
+        states = [emulator.deployment_state(d) for d in emulator.settings.deployments]
+        return Reply(200, {"object": "list", "data": states})
+    if method != "POST":
+        return error_reply(404)
+    if name not in emulator.settings.deployments:
+        return _deployment_not_found()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "mode" not in body:
+        return error_reply(400, "BadRequest", 'The body must be a JSON object {"mode": <mode or null>}.')
+    try:
+        check_mode(body["mode"])
+    except ValueError:
+        modes = ", ".join(f'"{mode}"' for mode in OUTAGE_MODES)
+        return error_reply(400, "BadRequest", f"mode must be null or one of {modes}, got {body['mode']!r}.")
+    emulator.fail_deployment(name, body["mode"])
+    return Reply(200, emulator.deployment_state(name))
+
+
 class _EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the default listen backlog of 5 resets connections under concurrent load
     allow_reuse_address = False  # port 0: the kernel picks a free port; no reuse games needed
 
-    def __init__(self, address: tuple[str, int], emulator: "AzureOpenAIEmulator"):
+    def __init__(
+        self, address: tuple[str, int], emulator: "AzureOpenAIEmulator", deployment: str | None = None
+    ) -> None:
         self.emulator = emulator
+        # An own endpoint serves this deployment's chat requests only; None: the main endpoint.
+        self.deployment = deployment
+        if deployment is not None:
+            # Reopened on its old port right after refusing: its closed connections sit in TIME_WAIT.
+            self.allow_reuse_address = True
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._no_connections = threading.Condition(self._connections_lock)
@@ -286,17 +346,18 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
-    def close_connections(self, timeout: float = 2.0) -> None:
+    def close_connections(self, timeout: float = 2.0, how: int = socket.SHUT_RD) -> None:
         """Unblock idle keep-alive handlers so each closes its own socket, then wait for them.
 
-        Only the read side is shut: a handler mid-request still writes its answer, then sees EOF.
-        A handler holding its answer back (latency, ``slow``, ``timeout``) stops holding at once.
+        By default only the read side is shut: a handler mid-request still writes its answer, then
+        sees EOF.  ``how=SHUT_RDWR`` cuts in-flight requests off too (an outage): their answers go
+        nowhere.  A handler holding its answer back (latency, ``slow``, ``timeout``) stops holding at once.
         """
         self.stopping.set()
         with self._connections_lock:
             for conn in list(self._connections):
                 try:
-                    conn.shutdown(socket.SHUT_RD)
+                    conn.shutdown(how)
                 except OSError:
                     pass  # already gone
             self._no_connections.wait_for(lambda: not self._connections, timeout)
@@ -309,11 +370,16 @@ class AzureOpenAIEmulator:
             client = openai.AzureOpenAI(azure_endpoint=emu.endpoint, api_key="test-key", api_version="2024-10-21")
     """
 
-    def __init__(self, settings: EmulatorSettings | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, settings: EmulatorSettings | None = None, host: str = "127.0.0.1", port: int = 0,
+        own_endpoints: bool = False,
+    ) -> None:  # fmt: skip
         self.settings = settings or EmulatorSettings()
         self.host = host
         self.port = port
         self.endpoint = ""
+        # Open every deployment's own endpoint at start(), rather than on the first endpoint_of().
+        self.own_endpoints = own_endpoints
         self.requests_log: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
         self._stats = Stats()
@@ -322,6 +388,10 @@ class AzureOpenAIEmulator:
         self._randomness = Randomness()
         self._files = FileStore()
         self._batches = BatchStore(self._files, self._stats)
+        self._outages = Outages()
+        self._own = OwnEndpoints(host, self._own_server)
+        # Serializes outage changes with the listeners they open and close.
+        self._control_lock = threading.Lock()
         self._server: _EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -336,12 +406,18 @@ class AzureOpenAIEmulator:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="azure-openai-emulator", daemon=True
         )
         self._thread.start()
+        if self.own_endpoints:
+            for deployment in self.settings.deployments:
+                self.endpoint_of(deployment)
         return self
 
     def stop(self) -> None:
+        """Stop the main endpoint and every own endpoint (their ports are not kept for a restart)."""
         server, thread = self._server, self._thread
         if server is None:
             return
+        with self._control_lock:
+            self._own.close_all()
         self._server = self._thread = None
         server.shutdown()
         server.close_connections()
@@ -354,6 +430,52 @@ class AzureOpenAIEmulator:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+    # -- a pool of deployments: own endpoints and outages ---------------------------------------
+
+    def endpoint_of(self, deployment: str) -> str:
+        """The URL of ``deployment``'s own endpoint, opened now on a free port if it has none.
+
+        It serves the same state (quotas, stats, files, batches) as :attr:`endpoint`, but chat
+        requests for ``deployment`` only; ``refuse`` closes it (see :mod:`.own_endpoints`).
+        """
+        self._known(deployment)
+        with self._control_lock:
+            if self._server is None:
+                raise RuntimeError("the emulator is not running: start() it first")
+            return self._own.endpoint_of(deployment, refused=self._outages.mode_of(deployment) == "refuse")
+
+    def fail_deployment(self, deployment: str, mode: str | None) -> None:
+        """Put ``deployment`` in an outage: ``"http_503"``, ``"throttle"`` or ``"refuse"`` (see
+        :mod:`.outages`); None ends it.  Unknown deployments raise LookupError, bad modes ValueError."""
+        self._known(deployment)
+        check_mode(mode)
+        with self._control_lock:
+            old = self._outages.set(deployment, mode)
+            if (old == "refuse") != (mode == "refuse"):
+                self._own.set_refused(deployment, refused=mode == "refuse")
+
+    def restore_deployment(self, deployment: str) -> None:
+        """End ``deployment``'s outage: it answers again, an own endpoint on the same port."""
+        self.fail_deployment(deployment, None)
+
+    def deployment_state(self, deployment: str) -> dict[str, Any]:
+        """``{"deployment", "mode" (None: up), "endpoint" (its own, None if it has none)}``."""
+        self._known(deployment)
+        mode = self._outages.mode_of(deployment)
+        return {"deployment": deployment, "mode": mode, "endpoint": self._own.existing().get(deployment)}
+
+    def enqueued_tokens(self, deployment: str) -> int:
+        """Tokens of ``deployment``'s batches not final yet, as its enqueued-token quota counts them."""
+        self._known(deployment)
+        return self._batches.enqueued_tokens().get(deployment, 0)
+
+    def _known(self, deployment: str) -> None:
+        if deployment not in self.settings.deployments:
+            raise LookupError(f"no deployment {deployment!r}; configured: {', '.join(self.settings.deployments)}")
+
+    def _own_server(self, host: str, port: int, deployment: str) -> _EmulatorHTTPServer:
+        return _EmulatorHTTPServer((host, port), self, deployment)
 
     # -- bookkeeping, called from handler threads ---------------------------------------------
 
@@ -374,10 +496,15 @@ class AzureOpenAIEmulator:
     def stats(self) -> dict[str, Any]:
         """A consistent snapshot; see :class:`~.stats.Stats` for the keys.
 
-        Batches are brought up to now first, so a batch whose time is up counts as finished.
+        Batches are brought up to now first, so a batch whose time is up counts as finished.  Besides
+        the counters, ``enqueued_tokens``: deployment -> tokens of its batches not final yet (state,
+        not a counter: :meth:`reset_stats` leaves it).
         """
-        self._batches.advance_all()
-        return self._stats.snapshot()
+        enqueued = self._batches.enqueued_tokens()  # advances every batch first
+        stats = self._stats.snapshot(self.settings.deployments)
+        stats["enqueued_tokens"] = {name: enqueued.get(name, 0) for name in self.settings.deployments}
+        stats["enqueued_tokens"].update(enqueued)  # a deployment no longer configured still shows
+        return stats
 
     def stats_json(self) -> dict[str, Any]:
         stats = self.stats

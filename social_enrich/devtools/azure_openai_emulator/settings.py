@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from .faults import RANDOM_FAULTS, share_field
 
@@ -16,6 +18,15 @@ class SettingsError(ValueError):
         self.fields = fields
         self.problem = problem
         super().__init__(f"{' and '.join(fields)} {problem}")
+
+
+class DeploymentLimits(NamedTuple):
+    """One deployment's own rate limits, replacing the server-wide pair (None: unlimited).
+
+    A tuple ``(rpm, tpm)`` is taken for one wherever settings are given."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
 
 @dataclass
@@ -34,6 +45,9 @@ class EmulatorSettings:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     rate_window_seconds: float = 10.0
+    # Deployment name -> its own (rpm, tpm), replacing the two above for that deployment only, as
+    # each Azure deployment has its own quota.  Stored read-only: assign a new mapping to change it.
+    deployment_limits: Mapping[str, DeploymentLimits] = field(default_factory=dict)
 
     # -- latency model (see reply_delay) -------------------------------------------------------
     latency_seconds: float = 0.0  # base delay of every successful answer
@@ -66,9 +80,16 @@ class EmulatorSettings:
     batch_share_failed: float = 0.0
     # The share of its lines an expired (or cancelled) batch answers; the rest are never answered.
     batch_expired_completed_share: float = 0.5
+    # Azure's enqueued-token quota: the tokens of a deployment's batches not yet final may not pass
+    # it; a batch that would fails validation (token_limit_exceeded).  None: unlimited.  Azure's
+    # default for gpt-4o-mini Global Batch is 1,000,000,000.
+    batch_enqueued_token_limit: int | None = None
+    # Deployment name -> its own enqueued-token limit (None: unlimited), replacing the one above.
+    deployment_batch_limits: Mapping[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.deployments = _deployments(self.deployments)
+        for name, coerce in _COERCED.items():
+            object.__setattr__(self, name, coerce(getattr(self, name)))
         for name in _FIELD_NAMES:
             _check_field(self, name)
         _check_combinations(self)
@@ -78,8 +99,8 @@ class EmulatorSettings:
         if not self.__dict__.get("_ready") or name not in _FIELD_NAMES:
             object.__setattr__(self, name, value)
             return
-        if name == "deployments":
-            value = _deployments(value)
+        if name in _COERCED:
+            value = _COERCED[name](value)
         old = getattr(self, name)
         object.__setattr__(self, name, value)
         try:
@@ -88,6 +109,17 @@ class EmulatorSettings:
         except SettingsError:
             object.__setattr__(self, name, old)
             raise
+
+    def rate_limits_of(self, deployment: str) -> DeploymentLimits:
+        """The (rpm, tpm) in force for ``deployment``: its own, else the server-wide pair."""
+        own = self.deployment_limits.get(deployment)
+        return own if own is not None else DeploymentLimits(self.requests_per_minute, self.tokens_per_minute)
+
+    def batch_limit_of(self, deployment: str) -> int | None:
+        """The enqueued-token limit in force for ``deployment``: its own, else the server-wide one."""
+        if deployment in self.deployment_batch_limits:
+            return self.deployment_batch_limits[deployment]
+        return self.batch_enqueued_token_limit
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(EmulatorSettings))
@@ -100,7 +132,8 @@ _FRACTIONS = (
     ("latency_jitter",) + tuple(share_field(kind) for kind in RANDOM_FAULTS)
     + _BATCH_OUTCOME_SHARES + ("batch_share_error_lines", "batch_expired_completed_share")
 )  # fmt: skip
-_POSITIVE_INTS = ("requests_per_minute", "tokens_per_minute")
+_POSITIVE_INTS = ("requests_per_minute", "tokens_per_minute", "batch_enqueued_token_limit")
+_PER_MINUTE = ("requests_per_minute", "tokens_per_minute")
 # Float sums like 0.1 + 0.2 + 0.7 land a hair above 1.
 _SHARE_SUM_SLACK = 1e-9
 
@@ -108,6 +141,32 @@ _SHARE_SUM_SLACK = 1e-9
 def _deployments(value: Any) -> Any:
     # Lists are welcome (CLI, YAML); stored as a tuple so the settings can't be mutated in place.
     return tuple(value) if isinstance(value, list) else value
+
+
+def _read_only(value: Any, coerce_value: Any = None) -> Any:
+    # A copy behind a read-only view: a change in place would skip validation.
+    if not isinstance(value, Mapping):
+        return value
+    items = {k: coerce_value(v) if coerce_value else v for k, v in value.items()}
+    return MappingProxyType(items)
+
+
+def _limits(value: Any) -> Any:
+    # (rpm, tpm) tuples and lists (CLI, YAML) become DeploymentLimits; anything else is checked as it is.
+    if isinstance(value, (tuple, list)) and not isinstance(value, DeploymentLimits) and len(value) == 2:
+        return DeploymentLimits(*value)
+    return value
+
+
+_COERCED = {
+    "deployments": _deployments,
+    "deployment_limits": lambda value: _read_only(value, _limits),
+    "deployment_batch_limits": _read_only,
+}
+
+
+def _is_positive_int_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
 
 
 def _is_number(value: Any) -> bool:
@@ -126,8 +185,22 @@ def _check_field(settings: EmulatorSettings, name: str) -> None:
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599):
             raise SettingsError((name,), f"must be None or an HTTP error status 400-599, got {value!r}")
     elif name in _POSITIVE_INTS:
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        if not _is_positive_int_or_none(value):
             raise SettingsError((name,), f"must be None (unlimited) or an integer > 0, got {value!r}")
+    elif name == "deployment_limits":
+        if not isinstance(value, Mapping):
+            raise SettingsError((name,), f"must map deployment names to (rpm, tpm), got {value!r}")
+        for deployment, limits in value.items():
+            if not (isinstance(limits, DeploymentLimits) and all(map(_is_positive_int_or_none, limits))):
+                problem = f"of {deployment!r} must be (rpm, tpm), each None (unlimited) or an int > 0, got {limits!r}"
+                raise SettingsError((name,), problem)
+    elif name == "deployment_batch_limits":
+        if not isinstance(value, Mapping):
+            raise SettingsError((name,), f"must map deployment names to enqueued-token limits, got {value!r}")
+        for deployment, limit in value.items():
+            if not _is_positive_int_or_none(limit):
+                problem = f"of {deployment!r} must be None (unlimited) or an integer > 0, got {limit!r}"
+                raise SettingsError((name,), problem)
     elif name == "rate_window_seconds":
         if not (_is_number(value) and 0 < value < math.inf):
             raise SettingsError((name,), f"must be a finite number > 0, got {value!r}")
@@ -147,14 +220,26 @@ def _check_combinations(settings: EmulatorSettings) -> None:
     _check_share_sum(settings, _BATCH_OUTCOME_SHARES, "one outcome per batch")
     # A window must hold at least one request and one token, or nothing would ever be admitted.
     window = settings.rate_window_seconds
-    for name in _POSITIVE_INTS:
-        per_minute = getattr(settings, name)
-        if per_minute is not None and per_minute * window / 60 < 1:
-            raise SettingsError(
-                (name, "rate_window_seconds"),
-                f"allow less than 1 per window ({per_minute} * {window:g} s / 60 = {per_minute * window / 60:g}); "
-                "raise the limit or the window",
-            )
+    for name in _PER_MINUTE:
+        _check_per_window(getattr(settings, name), window, (name, "rate_window_seconds"), "allow")
+    for limits_field in ("deployment_limits", "deployment_batch_limits"):
+        unknown = [d for d in getattr(settings, limits_field) if d not in settings.deployments]
+        if unknown:
+            problem = f"name deployments that are not configured: {', '.join(map(repr, unknown))}"
+            raise SettingsError((limits_field, "deployments"), problem)
+    for deployment, limits in settings.deployment_limits.items():
+        for kind, per_minute in zip(("rpm", "tpm"), limits):
+            names = ("deployment_limits", "rate_window_seconds")
+            _check_per_window(per_minute, window, names, f"of {deployment!r}: its {kind} allows")
+
+
+def _check_per_window(per_minute: int | None, window: float, names: tuple[str, ...], what: str) -> None:
+    if per_minute is not None and per_minute * window / 60 < 1:
+        raise SettingsError(
+            names,
+            f"{what} less than 1 per window ({per_minute} * {window:g} s / 60 = {per_minute * window / 60:g}); "
+            "raise the limit or the window",
+        )
 
 
 def _check_share_sum(settings: EmulatorSettings, names: tuple[str, ...], why: str) -> None:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .replies import Reply
@@ -36,6 +36,43 @@ class BatchLineCounts:
     def merge(self, other: BatchLineCounts) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class DeploymentCounts:
+    """The chat counters of one deployment (a subset of the server-wide ones, same meanings)."""
+
+    requests: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    throttled: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    rate_limit_tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    posts_answered: int = 0
+
+    def add(self, reply: Reply) -> None:
+        self.requests += 1
+        if reply.no_answer is None:
+            self.by_status[reply.status] = self.by_status.get(reply.status, 0) + 1
+        if reply.status == 429:
+            self.throttled += 1
+        if reply.status == 200:
+            self.posts_answered += reply.posts
+        self.rate_limit_tokens += reply.rate_limit_tokens
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        self.cached_tokens += reply.cached_tokens
+        for kind in reply.faults:
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        counts = asdict(self)
+        # String statuses, unlike the top-level by_status: the snapshot reads the same as its JSON.
+        counts["by_status"] = {str(status): n for status, n in sorted(self.by_status.items())}
+        counts["faults"] = dict(sorted(self.faults.items()))
+        return counts
 
 
 # Snapshot key of each BatchLineCounts total.
@@ -74,6 +111,12 @@ class Stats:
 
     Batches count when they reach a final status; chat counters (``requests`` and the others above)
     never include Files or Batches API calls or batch lines.
+
+    Per deployment, ``by_deployment``: name -> ``requests``, ``by_status``, ``throttled``, ``faults``,
+    ``rate_limit_tokens``, ``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` and
+    ``posts_answered`` of its chat requests, every configured deployment listed (zeros until used);
+    its ``by_status`` keys are strings ("200", "429", "503"), as in the JSON.  Requests for no
+    configured deployment (404) count only server-wide.
     """
 
     def __init__(self) -> None:
@@ -96,6 +139,7 @@ class Stats:
         self._batches_created = 0
         self._batches_by_status: dict[str, int] = {}
         self._batch_lines = BatchLineCounts()  # totals over finished batches
+        self._by_deployment: dict[str, DeploymentCounts] = {}
         self._started_at = time.time()
         self._started_monotonic = time.monotonic()
 
@@ -118,6 +162,8 @@ class Stats:
             self._rate_limit_tokens += reply.rate_limit_tokens
             for kind in reply.faults:
                 self._faults[kind] = self._faults.get(kind, 0) + 1
+            if reply.deployment is not None:
+                self._by_deployment.setdefault(reply.deployment, DeploymentCounts()).add(reply)
 
     def record_file_upload(self) -> None:
         with self._lock:
@@ -145,7 +191,8 @@ class Stats:
             with self._lock:
                 self._in_flight -= 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, deployments: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Every counter; ``by_deployment`` lists ``deployments`` and any other deployment counted."""
         with self._lock:
             snapshot = {
                 "requests": self._requests,
@@ -168,4 +215,8 @@ class Stats:
                 batches_by_status=dict(self._batches_by_status),
             )
             snapshot.update({_BATCH_LINE_KEYS[name]: total for name, total in asdict(self._batch_lines).items()})
+            names = list(deployments) + [name for name in self._by_deployment if name not in deployments]
+            snapshot["by_deployment"] = {
+                name: self._by_deployment.get(name, DeploymentCounts()).to_json() for name in names
+            }
             return snapshot
