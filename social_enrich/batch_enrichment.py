@@ -33,8 +33,10 @@ from social_enrich.enrichment import (
     read_posts_to_send, result_rows,
 )  # fmt: skip
 from social_enrich.environment import default_state_store
+from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.azure_batch import (
     AzureBatchClient, BatchAnswers, RequestFile, new_custom_id, parse_jsonl, read_output_line, request_files, request_line,
+    request_tokens,
 )  # fmt: skip
 from social_enrich.inference.provider import PostToScore, ScoreResult
 from social_enrich.state import StateStore
@@ -136,81 +138,132 @@ def submit_days(
 
 def send_unsent(job: JobConfig, store: BatchStore, client: AzureBatchClient, log: logging.Logger,
                 wait_seconds: float = SUBMIT_LOCK_WAIT_SECONDS) -> tuple[list[str], int]:
-    """Submit every queued post without an answer or a request; fail those out of attempts.
+    """Submit every queued post without an answer or a request that the deployments' enqueued-token
+    quotas have room for; fail those out of attempts.
 
     Under the job's submit lock: first what a submitter that died left (:func:`_resume_intents`), then
-    the unsent posts, claimed as intents in the store before anything is uploaded."""
+    the unsent posts, claimed as intents in the store before anything is uploaded. Each file goes to
+    the Global Batch deployment with the most room; a file no deployment has room for stays unsent
+    (Azure would fail it with token_limit_exceeded), and goes with a later collect run, once batches
+    have finished."""
     settings = job.inference.batch
     with store.submitting(job.name, wait_seconds) as ours:
         if not ours:
             log.info("another process is submitting job '%s' (its submit lock stayed held for %.0f s); "
                      "what it leaves unsent goes with the next poll", job.name, wait_seconds)
             return [], 0
-        batch_ids, sent = _resume_intents(job, store, client, log)
+        room = client.room(store.enqueued_tokens())
+        batch_ids, sent = _resume_intents(job, store, client, room, log)
         spent = [p for p in store.unsent(job.name) if p.attempts >= settings.max_attempts]
         if spent:
             error = f"no batch answer after {settings.max_attempts} batches (inference.batch.max_attempts)"
             store.settle(job.name, [(p, ScoreResult.failed(error), Usage()) for p in spent])
             log.warning("%d posts failed: %s", len(spent), error)
         size = job.inference.posts_per_request
+        # Files are sized with the longest deployment name, so a file fits its limits on any of them.
+        sizing = max((lane.deployment for lane in client.lanes), key=len)
+        waiting_for_room: list[int] = []
 
-        def plan(waiting: list[QueuedPost]) -> list[tuple[RequestFile, dict[str, list[QueuedPost]]]]:
+        def plan(waiting: list[QueuedPost]) -> list[tuple[tuple[RequestFile, str, int], dict[str, list[QueuedPost]]]]:
             waiting = [p for p in waiting if p.attempts < settings.max_attempts]
             requests = {new_custom_id(): waiting[n : n + size] for n in range(0, len(waiting), size)}
-            lines = [(cid, _request_line(job, client, cid, posts)) for cid, posts in requests.items()]
-            return [(f, {cid: requests[cid] for cid in f.custom_ids})
-                    for f in request_files(lines, settings.requests_per_file, settings.max_file_bytes)]
+            lines = [(cid, _request_line(job, sizing, cid, posts)) for cid, posts in requests.items()]
+            planned = []
+            for request_file in request_files(lines, settings.requests_per_file, settings.max_file_bytes):
+                tokens = sum(request_tokens(line) for line in request_file.content.splitlines())
+                deployment = max(room, key=room.__getitem__)
+                if tokens > room[deployment]:
+                    waiting_for_room.append(tokens)
+                    break  # this file and the rest wait for batches to finish
+                room[deployment] -= tokens
+                planned.append(((request_file, deployment, tokens), {cid: requests[cid] for cid in request_file.custom_ids}))
+            return planned
 
-        for intent, request_file in store.claim(job.name, plan):
-            batch_ids.append(_submit(job, store, client, intent, request_file, log))
+        for intent, (request_file, deployment, tokens) in store.claim(job.name, plan):
+            batch_ids.append(_submit(job, store, client, intent, request_file, deployment, tokens, sizing, log))
             sent += len(request_file.custom_ids)
+        if waiting_for_room:
+            _too_large_for_any(client, waiting_for_room[0])
+            log.info("posts of job '%s' wait to be sent: a batch of %d tokens would pass the enqueued-token quota of every "
+                     "Global Batch deployment (tokens left: %s); they go once batches finish", job.name, waiting_for_room[0],
+                     ", ".join(f"{name} {left:,}" for name, left in room.items()))
     return batch_ids, sent
 
 
-def _request_line(job: JobConfig, client: AzureBatchClient, custom_id: str, posts: list[QueuedPost]) -> bytes:
-    return request_line(custom_id, client.deployment, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts])
+def _too_large_for_any(client: AzureBatchClient, tokens: int) -> None:
+    largest = max(lane.enqueued_token_limit for lane in client.lanes)
+    if tokens > largest:
+        raise BatchFileTooLargeError(
+            f"a batch file of {tokens:,} tokens is over every Global Batch deployment's enqueued-token quota "
+            f"(the largest is {largest:,}): lower inference.batch.requests_per_file, or raise the deployment's "
+            "enqueued_token_limit to its real quota")
+
+
+class BatchFileTooLargeError(SocialEnrichError):
+    """One batch file would never fit a deployment's enqueued-token quota; the message names the settings."""
+
+
+def _request_line(job: JobConfig, deployment: str, custom_id: str, posts: list[QueuedPost]) -> bytes:
+    return request_line(custom_id, deployment, job.inference, job.response_model, [PostToScore(p.key, p.fields, None) for p in posts])
 
 
 def _submit(job: JobConfig, store: BatchStore, client: AzureBatchClient, intent: Intent, request_file: RequestFile,
-            log: logging.Logger) -> str:
-    batch_id, status, file_id = client.submit(request_file, {INTENT_KEY: intent.intent_id, JOB_KEY: job.name[:512]})
-    store.record_batch(job.name, intent.intent_id, batch_id, status, file_id)
-    log.info("batch %s: %d requests, %d bytes, status %s", batch_id, len(request_file.custom_ids), len(request_file.content), status)
+            deployment: str, tokens: int, built_for: str, log: logging.Logger) -> str:
+    if deployment != built_for:  # each line names its deployment
+        requests = store.intent_requests(job.name, intent.intent_id)
+        request_file = RequestFile(b"".join(_request_line(job, deployment, cid, requests[cid]) for cid in request_file.custom_ids),
+                                   request_file.custom_ids)
+    batch_id, status, file_id = client.submit(request_file, {INTENT_KEY: intent.intent_id, JOB_KEY: job.name[:512]}, deployment)
+    store.record_batch(job.name, intent.intent_id, batch_id, status, file_id, deployment, tokens)
+    log.info("batch %s on %s: %d requests, %d bytes, %d tokens enqueued, status %s", batch_id, deployment,
+             len(request_file.custom_ids), len(request_file.content), tokens, status)
     return batch_id
 
 
-def _resume_intents(job: JobConfig, store: BatchStore, client: AzureBatchClient, log: logging.Logger) -> tuple[list[str], int]:
+def _resume_intents(job: JobConfig, store: BatchStore, client: AzureBatchClient, room: dict[str, int],
+                    log: logging.Logger) -> tuple[list[str], int]:
     """Intents whose submitter stopped between claiming and recording (a crash, Azure down): a batch
-    Azure has for one (its metadata names the intent) is adopted, not paid again; else it is submitted now."""
+    Azure has for one (its metadata names the intent) is adopted, not paid again; else it is submitted
+    now, where there is room (else it waits, like unsent posts)."""
     batch_ids, sent = [], 0
     for intent in store.unrecorded_intents(job.name):
+        requests = store.intent_requests(job.name, intent.intent_id)
         found = client.find(INTENT_KEY, intent.intent_id, intent.created_at.timestamp() - CLOCK_SLACK_SECONDS)
         if found is not None:
-            batch_id, status, file_id = found
-            store.record_batch(job.name, intent.intent_id, batch_id, status, file_id)
+            batch_id, status, file_id, deployment = found
+            tokens = sum(request_tokens(_request_line(job, deployment, cid, posts)) for cid, posts in requests.items())
+            store.record_batch(job.name, intent.intent_id, batch_id, status, file_id, deployment, tokens)
+            room[deployment] -= tokens
             log.warning("batch %s of %s was created but never recorded (its submitter stopped): adopted, not submitted again",
                         batch_id, intent.intent_id)
             batch_ids.append(batch_id)
             continue
-        requests = store.intent_requests(job.name, intent.intent_id)
         if not requests:  # its days were written meanwhile
             store.drop_intent(job.name, intent.intent_id)
             continue
-        content = b"".join(_request_line(job, client, cid, posts) for cid, posts in requests.items())
+        deployment = max(room, key=room.__getitem__)
+        lines = [_request_line(job, deployment, cid, posts) for cid, posts in requests.items()]
+        tokens = sum(map(request_tokens, lines))
+        if tokens > room[deployment]:
+            log.info("%s waits to be sent: no Global Batch deployment has room for its %d tokens", intent.intent_id, tokens)
+            continue
+        room[deployment] -= tokens
         log.warning("%s was claimed but never reached Azure (its submitter stopped): submitting it now", intent.intent_id)
-        batch_ids.append(_submit(job, store, client, intent, RequestFile(content, list(requests)), log))
+        batch_ids.append(_submit(job, store, client, intent, RequestFile(b"".join(lines), list(requests)), deployment, tokens,
+                                 deployment, log))
         sent += len(requests)
     return batch_ids, sent
 
 
-def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, batch_id: str, status: str, output: str | None,
+def _collect(job: JobConfig, store: BatchStore, client: AzureBatchClient, record: BatchRecord, status: str, output: str | None,
              errors_file: str | None, cache: ResponseCache | None, report: CollectReport, log: logging.Logger) -> list[QueuedPost]:
     """Read a finished batch's files: store answers, and return the posts to ask again."""
+    batch_id = record.batch_id
     requests = store.batch_requests(job.name, batch_id)
     sizes = {cid: len(posts) for cid, posts in requests.items()}
     answers = BatchAnswers()
     for file_id in (output, errors_file):
-        for line in parse_jsonl(client.download(file_id)):
+        for line in parse_jsonl(client.download(file_id, record.deployment)):
             read_output_line(line, sizes, job.response_model, answers)
     answered: list[tuple[QueuedPost, ScoreResult]] = []
     again: list[QueuedPost] = []
@@ -244,7 +297,7 @@ def _refresh(job: JobConfig, store: BatchStore, client: AzureBatchClient, record
              report: BatchCheck | CollectReport, log: logging.Logger) -> Any:
     """The batch as Azure has it now (one cheap call), recorded in the store; cancelled when stuck past its deadline."""
     settings = job.inference.batch
-    batch = client.retrieve(record.batch_id)
+    batch = client.retrieve(record.batch_id, record.deployment)
     report.batches_polled += 1
     counts = batch.request_counts
     store.update_batch(record.batch_id, batch.status, batch.output_file_id, batch.error_file_id,
@@ -252,7 +305,7 @@ def _refresh(job: JobConfig, store: BatchStore, client: AzureBatchClient, record
     if batch.status in OPEN_STATUSES:
         overdue = now - record.submitted_at > dt.timedelta(hours=settings.stuck_after_hours)
         if overdue and batch.status != "cancelling":
-            client.cancel(record.batch_id)
+            client.cancel(record.batch_id, record.deployment)
             report.batches_cancelled += 1
             log.warning("batch %s still %s after %.0f h (inference.batch.stuck_after_hours): cancelled; "
                         "its unanswered items are asked again", record.batch_id, batch.status, settings.stuck_after_hours)
@@ -311,7 +364,7 @@ def collect_days(job: JobConfig, first: dt.date, last: dt.date, catalog: Catalog
             for record in store.open_batches(job.name):
                 batch = _refresh(job, store, client, record, now, report, log)
                 if batch.status not in OPEN_STATUSES:
-                    requeued += _collect(job, store, client, record.batch_id, batch.status, batch.output_file_id,
+                    requeued += _collect(job, store, client, record, batch.status, batch.output_file_id,
                                          batch.error_file_id, cache, report, log)
         finally:
             if cache is not None:

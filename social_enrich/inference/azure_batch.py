@@ -2,7 +2,8 @@
 
 Requests are the same packed chat requests the realtime path sends (``packing``), so a batch answer
 is validated and matched exactly like a realtime one. Files are split at Azure's limits (requests
-and bytes per file); one deployment per file. Output order is not guaranteed, so everything is
+and bytes per file); one deployment per file, spread over the provider's Global Batch deployments
+within each one's enqueued-token quota (see ``batch_enrichment.send_unsent``). Output order is not guaranteed, so everything is
 joined on ``custom_id``.
 """
 
@@ -21,6 +22,7 @@ from social_enrich.config import InferenceConfig
 from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_PROMPT, AzureOpenAIProvider, read_completion
 from social_enrich.inference.packing import build_messages, response_format
 from social_enrich.inference.provider import PostToScore, ScoreResult
+from social_enrich.inference.token_budget import estimate_request_tokens
 from social_enrich.inference.usage import Usage
 
 COMPLETION_WINDOW = "24h"
@@ -116,44 +118,93 @@ def parse_jsonl(content: bytes) -> Iterator[dict[str, Any]]:
                 continue  # a torn line is treated like a missing answer: its posts are asked again
 
 
+DEFAULT_ENQUEUED_TOKEN_LIMIT = 1_000_000_000  # gpt-4o-mini Global Batch, per deployment
+
+
+@dataclass(frozen=True)
+class BatchLane:
+    """A Global Batch deployment: its name, its resource's SDK client, and its enqueued-token quota."""
+
+    deployment: str
+    client: openai.AzureOpenAI
+    enqueued_token_limit: int = DEFAULT_ENQUEUED_TOKEN_LIMIT
+
+
+def request_tokens(line: bytes) -> int:
+    """What Azure counts of a request line against the enqueued-token quota: its prompt and max_tokens."""
+    body = json.loads(line)["body"]
+    return estimate_request_tokens(body["messages"], body.get("response_format"), body.get("max_tokens") or 0)
+
+
 class AzureBatchClient:
     """Upload, create, retrieve, cancel and download, through the openai SDK's Azure client, for the
-    provider's deployment; answers are cached under the provider's cache identity, as realtime ones."""
+    provider's Global Batch deployments (one, or several of a pool: ``lanes``, the first ``client``);
+    answers are cached under the provider's cache identity, as realtime ones."""
 
     def __init__(self, client: openai.AzureOpenAI, model_id: str, deployment: str | None = None,
-                 cache_identity: str | None = None) -> None:
-        self.client, self.model_id = client, model_id
-        self.deployment, self.cache_identity = deployment or model_id, cache_identity or model_id
+                 cache_identity: str | None = None, enqueued_token_limit: int = DEFAULT_ENQUEUED_TOKEN_LIMIT,
+                 others: Sequence[BatchLane] = ()) -> None:
+        self.lanes = [BatchLane(deployment or model_id, client, enqueued_token_limit), *others]
+        self.model_id, self.cache_identity = model_id, cache_identity or model_id
+
+    @property
+    def client(self) -> openai.AzureOpenAI:
+        return self.lanes[0].client
+
+    @property
+    def deployment(self) -> str:
+        return self.lanes[0].deployment
 
     @classmethod
     def for_provider(cls, provider: AzureOpenAIProvider) -> AzureBatchClient:
-        return cls(provider.batch_client(), provider.model_id, provider.deployment, provider.cache_identity)
+        first, *others = [BatchLane(d.name, d.batch_client(), d.enqueued_token_limit) for d in provider.batch_deployments()]
+        return cls(first.client, provider.model_id, first.deployment, provider.cache_identity, first.enqueued_token_limit, others)
 
-    def submit(self, request_file: RequestFile, metadata: dict[str, str] | None = None) -> tuple[str, str, str]:
+    def _lane(self, deployment: str | None) -> BatchLane:
+        """The lane of a recorded batch (None: recorded before pools, on the first)."""
+        for lane in self.lanes:
+            if lane.deployment == deployment:
+                return lane
+        if deployment is None:
+            return self.lanes[0]
+        raise KeyError(f"batch deployment {deployment} is not among the provider's Global Batch deployments "
+                       f"({', '.join(lane.deployment for lane in self.lanes)}): keep it in the pool until its batches are done")
+
+    def room(self, enqueued: dict[str | None, int]) -> dict[str, int]:
+        """Tokens each deployment's enqueued-token quota has left, given what is enqueued (None: the first's)."""
+        first = self.lanes[0].deployment
+        used = {lane.deployment: enqueued.get(lane.deployment, 0) + (enqueued.get(None, 0) if lane.deployment == first else 0)
+                for lane in self.lanes}
+        return {lane.deployment: lane.enqueued_token_limit - used[lane.deployment] for lane in self.lanes}
+
+    def submit(self, request_file: RequestFile, metadata: dict[str, str] | None = None,
+               deployment: str | None = None) -> tuple[str, str, str]:
         """(batch id, status, input file id) of a new batch for the file, tagged with ``metadata``."""
-        uploaded = self.client.files.create(file=("requests.jsonl", request_file.content), purpose="batch")
-        batch = self.client.batches.create(
+        client = self._lane(deployment).client
+        uploaded = client.files.create(file=("requests.jsonl", request_file.content), purpose="batch")
+        batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/chat/completions", completion_window=COMPLETION_WINDOW,
             **({"metadata": metadata} if metadata else {}),
         )
         return batch.id, batch.status, uploaded.id
 
-    def find(self, key: str, value: str, created_since: float) -> tuple[str, str, str] | None:
-        """(batch id, status, input file id) of the batch whose ``metadata[key]`` is ``value``, among
-        those created since ``created_since`` (epoch seconds), or None. The list is newest first, so
-        the walk stops at the first older batch: it never reads an account's whole history."""
-        for batch in self.client.batches.list(limit=LIST_PAGE):
-            if batch.created_at < created_since:
-                return None
-            if (batch.metadata or {}).get(key) == value:
-                return batch.id, batch.status, batch.input_file_id
+    def find(self, key: str, value: str, created_since: float) -> tuple[str, str, str, str] | None:
+        """(batch id, status, input file id, deployment) of the batch whose ``metadata[key]`` is ``value``,
+        among those created since ``created_since`` (epoch seconds) on any lane, or None. Each list is
+        newest first, so the walk stops at the first older batch: it never reads an account's whole history."""
+        for lane in self.lanes:
+            for batch in lane.client.batches.list(limit=LIST_PAGE):
+                if batch.created_at < created_since:
+                    break
+                if (batch.metadata or {}).get(key) == value:
+                    return batch.id, batch.status, batch.input_file_id, lane.deployment
         return None
 
-    def retrieve(self, batch_id: str) -> Any:
-        return self.client.batches.retrieve(batch_id)
+    def retrieve(self, batch_id: str, deployment: str | None = None) -> Any:
+        return self._lane(deployment).client.batches.retrieve(batch_id)
 
-    def cancel(self, batch_id: str) -> None:
-        self.client.batches.cancel(batch_id)
+    def cancel(self, batch_id: str, deployment: str | None = None) -> None:
+        self._lane(deployment).client.batches.cancel(batch_id)
 
-    def download(self, file_id: str | None) -> bytes:
-        return self.client.files.content(file_id).content if file_id else b""
+    def download(self, file_id: str | None, deployment: str | None = None) -> bytes:
+        return self._lane(deployment).client.files.content(file_id).content if file_id else b""

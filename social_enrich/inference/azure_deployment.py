@@ -32,8 +32,9 @@ class SettingNames:
 
 class AzureDeployment:
     def __init__(self, name: str, client_args: dict[str, Any], quota: RateLimitConfig, workers: int,
-                 setting_names: SettingNames = SettingNames()) -> None:
+                 setting_names: SettingNames = SettingNames(), enqueued_token_limit: int = 1_000_000_000) -> None:
         self.name, self.client_args, self.setting_names, self.workers = name, client_args, setting_names, workers
+        self.enqueued_token_limit = enqueued_token_limit  # its Global Batch quota of tokens not yet final
         self.quota = quota
         self.paced = bool(quota.requests_per_minute or quota.tokens_per_minute)
         self.pacer = RequestPacer(quota.requests_per_minute, quota.tokens_per_minute, quota.headroom, quota.window_seconds)

@@ -80,6 +80,10 @@ class AzureOpenAISettings(BaseModel):
     )
     requests_per_minute: int | None = Field(default=None, gt=0, description="The deployment's RPM; default: the job's rate_limit.")
     tokens_per_minute: int | None = Field(default=None, gt=0, description="The deployment's TPM; default: the job's rate_limit.")
+    enqueued_token_limit: int = Field(
+        default=1_000_000_000, gt=0,
+        description="Its Global Batch enqueued-token quota: batches wait rather than pass it (gpt-4o-mini: 1B).",
+    )
 
     def _connection(self) -> tuple[dict[str, Any], SettingNames]:
         """The SDK client's arguments, and where the key and endpoint were set (for error messages)."""
@@ -107,7 +111,8 @@ class AzureOpenAISettings(BaseModel):
     def build_provider(self, inference: InferenceConfig, response_model: type[BaseModel]) -> AzureOpenAIProvider:
         args, settings = self._connection()
         quota = deployed_quota(inference, self.requests_per_minute, self.tokens_per_minute)
-        deployment = AzureDeployment(self.deployment or inference.model, args, quota, inference.workers, settings)
+        deployment = AzureDeployment(self.deployment or inference.model, args, quota, inference.workers, settings,
+                                     self.enqueued_token_limit)
         return AzureOpenAIProvider([deployment], inference, response_model, self.model_version)
 
 
@@ -228,6 +233,10 @@ class AzureOpenAIProvider:
 
     def batch_client(self) -> openai.AzureOpenAI:
         return self.deployments[0].batch_client()
+
+    def batch_deployments(self) -> list[AzureDeployment]:
+        """The deployments the Batch path spreads its files over: a single provider's one."""
+        return self.deployments[:1]
 
     async def choose_deployment(self, prompt_tokens: int, max_tokens: int) -> AzureDeployment:
         """The deployment the next attempt goes to."""

@@ -292,6 +292,15 @@ class AzureOpenAIPoolProvider(AzureOpenAIProvider):
         for d in self.deployments:
             d.released = self._wake
 
+    def batch_deployments(self) -> list[AzureDeployment]:
+        """The pool's Global Batch deployments (``batch: true``): the Batch path spreads its files over them."""
+        chosen = [d for d in self.deployments if d.batch]
+        if not chosen:
+            raise AzureOpenAIConfigError(
+                "provider azure_openai_pool has no Global Batch deployment: set batch: true on the deployments "
+                f"the Batch path may use (of {', '.join(d.name for d in self.deployments)})")
+        return list(chosen)
+
     # -- figures -----------------------------------------------------------------------------
 
     def deployment_shares(self) -> dict[str, float]:

@@ -24,7 +24,7 @@ from social_enrich.batch_enrichment import check_batches
 from social_enrich.config import JobConfig
 from social_enrich.dead_runs import sweep_dead_runs
 from social_enrich.environment import default_state_store
-from social_enrich.inference.azure_batch import AzureBatchClient
+from social_enrich.inference.azure_batch import AzureBatchClient, BatchLane
 from social_enrich.inference.azure_openai import AzureOpenAIConfigError, AzureOpenAIProvider
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.resources import ModelProviderResource
@@ -47,16 +47,12 @@ class _AzureWhenNeeded(AzureBatchClient):
         return self._model_provider.build_for_batch(self._job)
 
     @cached_property
-    def client(self) -> openai.AzureOpenAI:  # type: ignore[override]
-        return self._provider.batch_client()
+    def lanes(self) -> list[BatchLane]:  # type: ignore[override]
+        return AzureBatchClient.for_provider(self._provider).lanes
 
     @property
     def model_id(self) -> str:  # type: ignore[override]
         return self._provider.model_id
-
-    @property
-    def deployment(self) -> str:  # type: ignore[override]
-        return self._provider.deployment
 
     @property
     def cache_identity(self) -> str:  # type: ignore[override]

@@ -62,8 +62,11 @@ _SCHEMA = (
     intent_id TEXT PRIMARY KEY, job TEXT NOT NULL, requests INTEGER NOT NULL, created_at TEXT NOT NULL)""",
 )
 # Columns added since the first stores were written: (table, column, type).
+# A batch's deployment (NULL: the provider's first, as before pools) and its tokens, which count against that
+# deployment's enqueued-token quota until the batch is final.
 _ADDED_COLUMNS = (("days", "may_live_on", "TEXT"), ("posts", "intent_id", "TEXT"), ("days", "submitted", "TEXT"),
-                  ("posts", "requests", "{float} NOT NULL DEFAULT 0"))
+                  ("posts", "requests", "{float} NOT NULL DEFAULT 0"), ("batches", "deployment", "TEXT"),
+                  ("batches", "tokens", "{float} NOT NULL DEFAULT 0"))
 _BATCH_COLUMNS = ("batch_id", "job", "status", "input_file_id", "output_file_id", "error_file_id", "requests",
                   "completed", "failed", "submitted_at", "closed_at", "note")
 _POST_COLUMNS = "day, post_key, update_time, input_hash, truncated, fields, attempts"
@@ -93,6 +96,7 @@ class BatchRecord:
     error_file_id: str | None
     requests: int
     submitted_at: dt.datetime
+    deployment: str | None = None  # None: the provider's first deployment
 
 
 @dataclass(frozen=True)
@@ -240,14 +244,17 @@ class BatchStore:
                              (job, intent_id))
             self._db.execute("DELETE FROM intents WHERE job = ? AND intent_id = ?", (job, intent_id))
 
-    def record_batch(self, job: str, intent_id: str, batch_id: str, status: str, input_file_id: str) -> None:
-        """The intent's batch exists at Azure: its posts now wait for it. One transaction."""
+    def record_batch(self, job: str, intent_id: str, batch_id: str, status: str, input_file_id: str,
+                     deployment: str | None = None, tokens: int = 0) -> None:
+        """The intent's batch exists at Azure (on ``deployment``, ``tokens`` enqueued): its posts now wait
+        for it. One transaction."""
         with self._db.write(f"batches:{job}"):
             (requests,) = self._db.query("SELECT COUNT(DISTINCT custom_id) FROM posts WHERE job = ? AND intent_id = ?",
                                          (job, intent_id))[0]
             self._db.execute(
-                "INSERT INTO batches (batch_id, job, status, input_file_id, requests, submitted_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (batch_id, job, status, input_file_id, requests, _now()),
+                "INSERT INTO batches (batch_id, job, status, input_file_id, requests, submitted_at, deployment, tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch_id, job, status, input_file_id, requests, _now(), deployment, tokens),
             )
             self._db.execute(
                 "UPDATE posts SET batch_id = ?, intent_id = NULL, attempts = attempts + 1 WHERE job = ? AND intent_id = ?",
@@ -407,11 +414,21 @@ class BatchStore:
     def open_batches(self, job: str) -> list[BatchRecord]:
         """Batches not yet collected: still running, or final but not yet read."""
         rows = self._db.query(
-            "SELECT batch_id, job, status, input_file_id, output_file_id, error_file_id, requests, submitted_at"
+            "SELECT batch_id, job, status, input_file_id, output_file_id, error_file_id, requests, submitted_at, deployment"
             " FROM batches WHERE job = ? AND closed_at IS NULL ORDER BY submitted_at",
             (job,),
         )
-        return [BatchRecord(*row[:7], dt.datetime.fromisoformat(row[7])) for row in rows]
+        return [BatchRecord(*row[:7], dt.datetime.fromisoformat(row[7]), row[8]) for row in rows]
+
+    def enqueued_tokens(self) -> dict[str | None, int]:
+        """Per deployment (None: a provider's first), the tokens of every job's batches not yet final, as last
+        seen: what Azure counts against the deployment's enqueued-token quota."""
+        marks = ", ".join("?" * len(OPEN_STATUSES))
+        rows = self._db.query(
+            f"SELECT deployment, SUM(tokens) FROM batches WHERE closed_at IS NULL AND status IN ({marks}) GROUP BY deployment",
+            OPEN_STATUSES,
+        )
+        return {deployment: round(tokens or 0) for deployment, tokens in rows}
 
     def batches(self, job: str) -> list[dict[str, Any]]:
         rows = self._db.query(f"SELECT {', '.join(_BATCH_COLUMNS)} FROM batches WHERE job = ? ORDER BY submitted_at", (job,))
