@@ -350,26 +350,40 @@ CREATE TABLE batches (batch_id TEXT PRIMARY KEY, job TEXT NOT NULL, status TEXT 
 
 
 
-def _open_store(path: str, barrier: Any) -> str:
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:  # a slow start: open anyway
-        pass
-    try:
-        SQLiteConnection(Path(path)).query("SELECT 1")
-        return "ok"
-    except sqlite3.OperationalError as e:
-        return f"{e}"
+ROUNDS, WORKERS = 200, 6
+
+
+def _open_stores(folder: str, barrier: Any, results: Any) -> None:
+    """One worker: in each round, open that round's new store together with the others."""
+    for attempt in range(ROUNDS):
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:  # a worker is gone or too slow: the test reports it
+            results.put("the others stopped waiting")
+            return
+        try:
+            SQLiteConnection(Path(folder) / f"store{attempt}.sqlite3").query("SELECT 1")
+            results.put("ok")
+        except sqlite3.OperationalError as e:
+            results.put(f"{e}")
 
 
 def test_processes_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path):
     """Each turns the new file to WAL; SQLite answers the losers "database is locked" without waiting
     (deadlock avoidance), so opening must try again; without that, 200 rounds here saw it fail."""
-    # Spawned, not forked: a fork of this many-threaded test process may inherit a held lock and hang.
+    # Spawned processes, not forked (a fork of this many-threaded test process may inherit a held lock
+    # and hang) and not a Pool (which waits forever for a task whose worker died); every wait is bounded.
     spawn = multiprocessing.get_context("spawn")
-    with spawn.Manager() as manager, spawn.Pool(6) as pool:
-        for attempt in range(200):
-            barrier = manager.Barrier(6, timeout=10)
-            path = str(tmp_path / f"store{attempt}.sqlite3")
-            opened = pool.starmap_async(_open_store, [(path, barrier)] * 6, chunksize=1).get(timeout=60)
-            assert opened == ["ok"] * 6, opened
+    barrier, results = spawn.Barrier(WORKERS, timeout=30), spawn.Queue()
+    workers = [spawn.Process(target=_open_stores, args=(str(tmp_path), barrier, results)) for _ in range(WORKERS)]
+    for worker in workers:
+        worker.start()
+    try:
+        outcomes = Counter(results.get(timeout=60) for _ in range(ROUNDS * WORKERS))
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                os.kill(worker.pid, 9)
+                worker.join(timeout=10)
+    assert outcomes == {"ok": ROUNDS * WORKERS}, outcomes
