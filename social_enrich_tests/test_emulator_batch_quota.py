@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,14 +24,13 @@ from social_enrich.devtools.azure_openai_emulator import (
 from social_enrich.devtools.azure_openai_emulator.cli import main
 from social_enrich.devtools.azure_openai_emulator.prompt import rate_limit_tokens
 from social_enrich_tests.emulator_sdk import API_VERSION, DEPLOYMENT, sdk_client
+from social_enrich_tests.test_emulator_batches import wait_for
 
 API_KEY = "batch-quota-test-key"
 OTHER = "gpt-4o"
 # 40 characters (10 prompt tokens) plus max_tokens 90: each line enqueues exactly 100 tokens.
 TEXT = "Rate this: I love the new camera a lot!!"
 LINE_TOKENS = 100
-FINAL = ("completed", "failed", "expired", "cancelled")
-POLL_SECONDS, POLL_LIMIT_SECONDS = 0.05, 5.0
 
 
 @contextmanager
@@ -62,18 +60,6 @@ def upload(client: openai.AzureOpenAI, data: bytes) -> str:
 
 def create(client: openai.AzureOpenAI, file_id: str) -> Batch:
     return client.batches.create(input_file_id=file_id, endpoint="/chat/completions", completion_window="24h")
-
-
-def wait_for(client: openai.AzureOpenAI, batch_id: str, statuses: tuple[str, ...] = FINAL) -> Batch:
-    """Poll every 0.05 s until the batch reaches one of ``statuses``; at most 5 s."""
-    deadline = time.monotonic() + POLL_LIMIT_SECONDS
-    for _ in range(int(POLL_LIMIT_SECONDS / POLL_SECONDS) + 1):
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses or time.monotonic() > deadline:
-            break
-        time.sleep(POLL_SECONDS)
-    assert batch.status in statuses, f"batch {batch_id} still {batch.status}"
-    return batch
 
 
 def the_error(batch: Batch) -> Any:
