@@ -43,11 +43,16 @@ RUN_KEY_TAG = "dagster/run_key"
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureOpenAIEmulator]:
     settings = EmulatorSettings(api_key=API_KEY, deployments=(DEPLOYMENT,), batch_completion_seconds=0.3, seed=5)
     with AzureOpenAIEmulator(settings) as emu:
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.endpoint)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
-        monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
+        use_in_production(emu, monkeypatch)
         yield emu
+
+
+def use_in_production(emu: AzureOpenAIEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The production environment, with the emulator as its Azure OpenAI endpoint and DEPLOYMENT its deployment."""
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.endpoint)
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
+    monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
 
 
 def defs_with(tmp_path: Path, **batch: str) -> dg.Definitions:

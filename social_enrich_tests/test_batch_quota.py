@@ -12,7 +12,7 @@ import pytest
 from social_enrich.devtools.azure_openai_emulator import AzureOpenAIEmulator, EmulatorSettings
 from social_enrich_tests.dagster_helpers import materialize_day
 from social_enrich_tests.emulated_azure import API_KEY, DEPLOYMENT, read_target
-from social_enrich_tests.test_batch_path import BATCH, DAYS, defs_with, materialized_days, poll
+from social_enrich_tests.test_batch_path import BATCH, DAYS, defs_with, materialized_days, poll, use_in_production
 
 OTHER, REALTIME_ONLY = "gpt-4o-mini-batch-2", "gpt-4o-mini-realtime"
 FILE_REQUESTS = 2  # requests per batch file: a day is several files
@@ -24,10 +24,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureOpenAIEmulator]:
     settings = EmulatorSettings(api_key=API_KEY, deployments=(DEPLOYMENT, OTHER, REALTIME_ONLY), batch_completion_seconds=0.3,
                                 seed=5, batch_enqueued_token_limit=LIMIT)
     with AzureOpenAIEmulator(settings) as emu:
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.endpoint)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT)
-        monkeypatch.setenv("SOCIAL_ENRICH_ENV", "production")
+        use_in_production(emu, monkeypatch)
         yield emu
 
 
