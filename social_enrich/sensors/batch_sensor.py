@@ -17,7 +17,6 @@ import hashlib
 from functools import cached_property
 
 import dagster as dg
-import openai
 
 from social_enrich.assets import batch_sensor_name
 from social_enrich.batch_enrichment import check_batches
