@@ -30,7 +30,7 @@ from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.provider import PostToScore, Provider, ScoreResult
 from social_enrich.inference.request_fields import request_rows
 from social_enrich.inference.token_budget import truncate_to_tokens
-from social_enrich.inference.usage import Usage
+from social_enrich.inference.usage import Usage, answered_shares
 from social_enrich.state.response_cache import CACHED_STATUSES, Checkpoint, ResponseCache, cache_key
 from social_enrich.lakehouse.catalog import load_table
 from social_enrich.lakehouse.response_schema import arrow_columns
@@ -649,8 +649,7 @@ def usage_by_deployment(provider: Provider) -> dict[str, Usage]:
 
 def deployment_figures(usage_by_deployment: dict[str, Usage]) -> dict[str, Any]:
     """Requests, tokens, 429s and errors per deployment, and the share of the answers each served."""
-    answered = {name: u.requests - u.throttled - u.errors for name, u in usage_by_deployment.items()}
-    total = sum(answered.values())
+    shares = answered_shares(usage_by_deployment)
     figures: dict[str, Any] = {}
     for name, u in sorted(usage_by_deployment.items()):
         figures |= {
@@ -658,7 +657,7 @@ def deployment_figures(usage_by_deployment: dict[str, Usage]) -> dict[str, Any]:
             f"llm/deployment/{name}/tokens": u.prompt_tokens + u.completion_tokens,
             f"llm/deployment/{name}/throttled": u.throttled,
             f"llm/deployment/{name}/errors": u.errors,
-            f"llm/deployment/{name}/share": round(answered[name] / total, 4) if total else 0.0,
+            f"llm/deployment/{name}/share": round(shares[name], 4),
         }
     return figures
 

@@ -54,6 +54,7 @@ from social_enrich.inference.azure_openai import (
 from social_enrich.inference.credentials import CredentialsError
 from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
 from social_enrich.inference.rate_limiter import AdaptiveConcurrency
+from social_enrich.inference.usage import answered_shares
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +306,7 @@ class AzureOpenAIPoolProvider(AzureOpenAIProvider):
 
     def deployment_shares(self) -> dict[str, float]:
         """Each deployment's share of the answered requests (0..1; all 0 before any answer)."""
-        answered = {name: max(0, u.requests - u.throttled - getattr(u, "errors", 0)) for name, u in self.usage_by_deployment().items()}
-        total = sum(answered.values())
-        return {name: (n / total if total else 0.0) for name, n in answered.items()}
+        return answered_shares(self.usage_by_deployment())
 
     def deployment_states(self) -> dict[str, str]:
         """Each deployment's breaker: closed, open or half_open."""

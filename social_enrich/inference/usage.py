@@ -28,3 +28,10 @@ class Usage:
         uncached = self.prompt_tokens - self.cached_tokens
         total = uncached * prices.input + self.cached_tokens * prices.cached_input + self.completion_tokens * prices.output
         return total / 1_000_000
+
+
+def answered_shares(usage_by_deployment: dict[str, Usage]) -> dict[str, float]:
+    """Each deployment's share (0..1) of the requests answered (not a 429, a 5xx, a drop or a timeout); all 0 before any."""
+    answered = {name: max(0, u.requests - u.throttled - u.errors) for name, u in usage_by_deployment.items()}
+    total = sum(answered.values())
+    return {name: n / total if total else 0.0 for name, n in answered.items()}
