@@ -19,6 +19,7 @@ import openai
 from pydantic import BaseModel
 
 from social_enrich.config import InferenceConfig
+from social_enrich.inference.azure_deployment import DEFAULT_ENQUEUED_TOKEN_LIMIT
 from social_enrich.inference.azure_openai import ANSWER_OVERHEAD_TOKENS, FILTERED_PROMPT, AzureOpenAIProvider, read_completion
 from social_enrich.inference.packing import build_messages, response_format
 from social_enrich.inference.provider import PostToScore, ScoreResult
@@ -116,9 +117,6 @@ def parse_jsonl(content: bytes) -> Iterator[dict[str, Any]]:
                 yield json.loads(raw)
             except ValueError:
                 continue  # a torn line is treated like a missing answer: its posts are asked again
-
-
-DEFAULT_ENQUEUED_TOKEN_LIMIT = 1_000_000_000  # gpt-4o-mini Global Batch, per deployment
 
 
 @dataclass(frozen=True)

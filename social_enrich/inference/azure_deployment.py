@@ -20,6 +20,7 @@ from social_enrich.inference.token_budget import PromptCalibration
 from social_enrich.inference.usage import Usage
 
 ENDPOINT_VAR = "AZURE_OPENAI_ENDPOINT"
+DEFAULT_ENQUEUED_TOKEN_LIMIT = 1_000_000_000  # gpt-4o-mini Global Batch, per deployment
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class SettingNames:
 
 class AzureDeployment:
     def __init__(self, name: str, client_args: dict[str, Any], quota: RateLimitConfig, workers: int,
-                 setting_names: SettingNames = SettingNames(), enqueued_token_limit: int = 1_000_000_000) -> None:
+                 setting_names: SettingNames = SettingNames(), enqueued_token_limit: int = DEFAULT_ENQUEUED_TOKEN_LIMIT) -> None:
         self.name, self.client_args, self.setting_names, self.workers = name, client_args, setting_names, workers
         self.enqueued_token_limit = enqueued_token_limit  # its Global Batch quota of tokens not yet final
         self.quota = quota

@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from social_enrich.config import InferenceConfig, RetryConfig
 from social_enrich.errors import SocialEnrichError
 from social_enrich.inference.credentials import SECRET_ENDPOINT_FIELD, SECRET_NAME_VAR, resolve_credentials
-from social_enrich.inference.azure_deployment import ENDPOINT_VAR, AzureDeployment, SettingNames
+from social_enrich.inference.azure_deployment import DEFAULT_ENQUEUED_TOKEN_LIMIT, ENDPOINT_VAR, AzureDeployment, SettingNames
 from social_enrich.inference.output_budget import OutputBudget
 from social_enrich.inference.packing import MatchedAnswer, UnreadableAnswer, build_messages, match_answer, response_format
 from social_enrich.inference.provider import PostToScore, ResultCallback, ScoreResult
@@ -81,7 +81,7 @@ class AzureOpenAISettings(BaseModel):
     requests_per_minute: int | None = Field(default=None, gt=0, description="The deployment's RPM; default: the job's rate_limit.")
     tokens_per_minute: int | None = Field(default=None, gt=0, description="The deployment's TPM; default: the job's rate_limit.")
     enqueued_token_limit: int = Field(
-        default=1_000_000_000, gt=0,
+        default=DEFAULT_ENQUEUED_TOKEN_LIMIT, gt=0,
         description="Its Global Batch enqueued-token quota: batches wait rather than pass it (gpt-4o-mini: 1B).",
     )
 

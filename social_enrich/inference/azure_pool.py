@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from social_enrich.config import InferenceConfig
 from social_enrich.inference.azure_deployment import (
+    DEFAULT_ENQUEUED_TOKEN_LIMIT,
     ENDPOINT_VAR,
     AzureDeployment,
     SettingNames,
@@ -72,7 +73,7 @@ class PoolDeployment(BaseModel):
     requests_per_minute: int | None = Field(default=None, gt=0, description="Its RPM; default: the job's rate_limit.")
     tokens_per_minute: int | None = Field(default=None, gt=0, description="Its TPM; default: the job's rate_limit.")
     batch: bool = Field(default=False, description="A Global Batch deployment (used by the batch path).")
-    enqueued_token_limit: int = Field(default=1_000_000_000, gt=0, description="Its Batch enqueued-token quota.")
+    enqueued_token_limit: int = Field(default=DEFAULT_ENQUEUED_TOKEN_LIMIT, gt=0, description="Its Batch enqueued-token quota.")
 
 
 class AzureOpenAIPoolSettings(BaseModel):
@@ -149,9 +150,9 @@ class _NotifyingConcurrency(AdaptiveConcurrency):
 class PoolMember(AzureDeployment):
     """A deployment of a pool: a plain deployment whose concurrency slots the pool's routing sees."""
 
-    def __init__(self, *args: Any, batch: bool = False, enqueued_token_limit: int = 1_000_000_000, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, batch: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batch, self.enqueued_token_limit = batch, enqueued_token_limit
+        self.batch = batch
         self.released: Callable[[], None] = lambda: None
 
     @asynccontextmanager
